@@ -1,0 +1,315 @@
+/**
+ * What can go wrong between an Effect program and PostgreSQL, and whether
+ * another attempt may help: the transient reasons, the phase each happened
+ * in, and the pure function that classifies what `@effect/sql-pg` reports.
+ *
+ * **Details**
+ *
+ * The reasons are the network ones of `@sturdy/resilience/Transient` plus:
+ *
+ * | reason | trigger |
+ * |---|---|
+ * | `ConnectionFailure` | SQLSTATE 08006 |
+ * | `ConnectionDoesNotExist` | SQLSTATE 08003 |
+ * | `ConnectionException` | SQLSTATE 08000 and the rest of class 08 |
+ * | `CannotConnectNow` | SQLSTATE 57P03 (starting up, shutting down) |
+ * | `AdminShutdown` | SQLSTATE 57P01 (`pg_terminate_backend`, fast shutdown) |
+ * | `CrashShutdown` | SQLSTATE 57P02 |
+ * | `TooManyConnections` | SQLSTATE 53300 |
+ * | `ReadOnlyTransaction` | SQLSTATE 25006 (a standby after a failover) |
+ * | `StatementTimeout` | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
+ * | `ConnectionClosed` | the connection closed with no SQLSTATE |
+ * | `SerializationFailure` | SQLSTATE 40001, for whole transactions only |
+ * | `Deadlock` | SQLSTATE 40P01, for whole transactions only |
+ *
+ * Anything else (a syntax error, a constraint violation, bad credentials, a
+ * misconfiguration) is not transient and stays the driver's `SqlError`.
+ *
+ * **Phase and outcome**
+ *
+ * Each reason says whether the failure happened before the statement was
+ * written (`"connect"`) or after (`"sent"`). `outcome` follows from it:
+ * `"not-applied"` when the statement cannot have taken effect (the connect
+ * phase, or a server that refused or cancelled the statement, as 25006 and
+ * 57014 say) and
+ * `"unknown"` when the connection was lost with the statement in flight.
+ *
+ * **Gotchas**
+ *
+ * The driver reports a backend killed by `pg_terminate_backend` as a closed
+ * connection with no SQLSTATE, and a connection killed while idle in the pool
+ * as a `"query"`-phase failure although the server never saw the statement.
+ * The client cannot tell that apart from a statement lost in flight, so it is
+ * `"sent"`: a write gets `OutcomeUnknown` rather than a silent duplicate.
+ *
+ * @since 0.1.0
+ */
+import { Transient } from "@sturdy/resilience"
+import { Predicate, Schema } from "effect"
+import {
+  ConnectionError as ConnectionErrorReason,
+  SqlError,
+  UnknownError as UnknownErrorReason
+} from "effect/sql/SqlError"
+
+const fields = Transient.reasonFields
+
+/** @since 0.1.0 @category reasons */
+export class ConnectionFailure extends Schema.TaggedError<ConnectionFailure>()("ConnectionFailure", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class ConnectionDoesNotExist
+  extends Schema.TaggedError<ConnectionDoesNotExist>()("ConnectionDoesNotExist", fields)
+{
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class ConnectionException extends Schema.TaggedError<ConnectionException>()("ConnectionException", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class CannotConnectNow extends Schema.TaggedError<CannotConnectNow>()("CannotConnectNow", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class AdminShutdown extends Schema.TaggedError<AdminShutdown>()("AdminShutdown", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class CrashShutdown extends Schema.TaggedError<CrashShutdown>()("CrashShutdown", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class TooManyConnections extends Schema.TaggedError<TooManyConnections>()("TooManyConnections", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class ReadOnlyTransaction extends Schema.TaggedError<ReadOnlyTransaction>()("ReadOnlyTransaction", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class StatementTimeout extends Schema.TaggedError<StatementTimeout>()("StatementTimeout", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class ConnectionClosed extends Schema.TaggedError<ConnectionClosed>()("ConnectionClosed", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class SerializationFailure extends Schema.TaggedError<SerializationFailure>()("SerializationFailure", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
+export class Deadlock extends Schema.TaggedError<Deadlock>()("Deadlock", fields) {
+  readonly isRetryable = true
+}
+
+/**
+ * Every transient reason.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const TransientReason = Schema.Union([
+  Transient.NetworkTimeout,
+  Transient.ConnectionReset,
+  Transient.HostNotFound,
+  Transient.ConnectionRefused,
+  Transient.BrokenPipe,
+  Transient.DnsTemporaryFailure,
+  Transient.NetworkUnreachable,
+  Transient.AttemptTimeout,
+  ConnectionFailure,
+  ConnectionDoesNotExist,
+  ConnectionException,
+  CannotConnectNow,
+  AdminShutdown,
+  CrashShutdown,
+  TooManyConnections,
+  ReadOnlyTransaction,
+  StatementTimeout,
+  ConnectionClosed,
+  SerializationFailure,
+  Deadlock
+])
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type TransientReason = typeof TransientReason.Type
+
+/**
+ * Whether a reason's statement may have taken effect.
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const outcome = (reason: TransientReason): "not-applied" | "unknown" =>
+  reason.phase === "connect" || reason._tag === "ReadOnlyTransaction" || reason._tag === "StatementTimeout" ||
+    reason._tag === "SerializationFailure" || reason._tag === "Deadlock"
+    ? "not-applied"
+    : "unknown"
+
+/**
+ * A transient failure: the last one, once the retries ran out.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TransientError extends Schema.TaggedError<TransientError>()("TransientError", {
+  reason: TransientReason
+}) {
+  readonly isRetryable = true
+  override get message(): string {
+    return this.reason.message
+  }
+}
+
+/**
+ * The connection was lost after a statement that may write was sent: it may
+ * or may not have taken effect, so it was not retried.
+ *
+ * **When to use**
+ *
+ * Catch it where a write's outcome matters: check the table (by the
+ * client-generated id you wrote), then decide. Mark statements that are safe
+ * to run twice with `ResilientPg.idempotent` so they are retried instead.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class OutcomeUnknown extends Schema.TaggedError<OutcomeUnknown>()("OutcomeUnknown", {
+  reason: TransientReason
+}) {
+  readonly isRetryable = false
+  override get message(): string {
+    return `The statement may or may not have taken effect: ${this.reason.message}. It was not retried because it is neither read-only nor marked idempotent.`
+  }
+}
+
+const sqlStateReasons: Record<string, (props: Transient.ReasonProps) => TransientReason> = {
+  "08006": (props) => new ConnectionFailure(props),
+  "08003": (props) => new ConnectionDoesNotExist(props),
+  "57P03": (props) => new CannotConnectNow(props),
+  "57P01": (props) => new AdminShutdown(props),
+  "57P02": (props) => new CrashShutdown(props),
+  "53300": (props) => new TooManyConnections(props),
+  "25006": (props) => new ReadOnlyTransaction(props),
+  "57014": (props) => new StatementTimeout(props)
+}
+
+const transactionReasons: Record<string, (props: Transient.ReasonProps) => TransientReason> = {
+  "40001": (props) => new SerializationFailure(props),
+  "40P01": (props) => new Deadlock(props)
+}
+
+/**
+ * The driver's messages for a connection that closed without a SQLSTATE or
+ * errno. Matching them is the only way to tell "the server went away" from a
+ * configuration error, which the driver also reports as a `ConnectionError`
+ * without a code; the table test pins them to what the driver produces.
+ */
+const closedMessages = new Set([
+  "PgConnection: Connection closed",
+  "PgConnection: Connection closed during startup",
+  "PgConnection: Socket error",
+  "PgConnection: Failed to write query",
+  "PgConnection: Failed to write query batch"
+])
+const connectTimeoutMessage = "PgConnection: Connection timed out"
+
+const describeCause = (cause: unknown): string =>
+  Predicate.hasProperty(cause, "message") && typeof cause.message === "string" ? cause.message : "no detail"
+
+/**
+ * Classifies what the driver reported: a transient reason, or `undefined`
+ * when the failure is not transient and must reach the caller unchanged.
+ *
+ * **Details**
+ *
+ * Pure and total. It reads `reason.cause.code` (an errno such as
+ * `ECONNREFUSED` or a SQLSTATE such as `57P03`) and `reason.operation`
+ * (`"connect"` or `"query"`, which gives the phase). `scope` is
+ * `"transaction"` when the unit of retry is a whole transaction: only then are
+ * 40001 and 40P01 transient.
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const classify = (
+  error: SqlError,
+  scope: "statement" | "transaction" = "statement"
+): TransientReason | undefined => {
+  const reason = error.reason
+  const cause: unknown = reason.cause
+  const code = Predicate.hasProperty(cause, "code") && typeof cause.code === "string" ? cause.code : undefined
+  const phase: Transient.Phase = reason.operation === "connect" ? "connect" : "sent"
+  const detail = describeCause(cause)
+  if (code !== undefined) {
+    const network = Transient.fromErrno(code, { phase, message: `${reason.message ?? reason._tag} (${detail})`, cause })
+    if (network !== undefined) return network
+    const props = { phase, code, message: `${detail} (SQLSTATE ${code})`, cause }
+    const bySqlState = Object.hasOwn(sqlStateReasons, code) ? sqlStateReasons[code] : undefined
+    if (bySqlState !== undefined) return bySqlState(props)
+    if (code.startsWith("08")) return new ConnectionException(props)
+    const byTransaction = scope === "transaction" && Object.hasOwn(transactionReasons, code)
+      ? transactionReasons[code]
+      : undefined
+    if (byTransaction !== undefined) return byTransaction(props)
+    return undefined
+  }
+  if (reason._tag !== "ConnectionError" || reason.message === undefined) return undefined
+  if (reason.message === connectTimeoutMessage) {
+    return new Transient.NetworkTimeout({ phase, message: "Connecting timed out", cause })
+  }
+  if (closedMessages.has(reason.message)) {
+    return new ConnectionClosed({ phase, message: `${reason.message} (${detail})`, cause })
+  }
+  return undefined
+}
+
+/**
+ * Any failure Sturdy's policies produce, besides the driver's own `SqlError`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type PolicyFailure = TransientError | OutcomeUnknown
+
+/**
+ * @since 0.1.0
+ * @category guards
+ */
+export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
+  Predicate.isTagged(u, "TransientError") || Predicate.isTagged(u, "OutcomeUnknown")
+
+/**
+ * Wraps a policy failure in the `SqlError` that `SqlClient`'s statements are
+ * typed with, so code written against `SqlClient` keeps an honest error type.
+ * `cause` of the reason is the policy failure; `ResilientPg.unwrapFailures`
+ * moves it back into the error channel.
+ *
+ * A transient failure becomes a `ConnectionError` (retryable), an unknown
+ * outcome an `UnknownError` (not retryable: a generic retry on
+ * `isRetryable` must not duplicate the write Sturdy declined to retry).
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
+  new SqlError({
+    reason: failure._tag === "TransientError"
+      ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
+      : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
+  })
+
+/**
+ * The policy failure a `SqlError` carries, if it carries one.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const fromSqlError = (error: SqlError): PolicyFailure | undefined =>
+  isPolicyFailure(error.reason.cause) ? error.reason.cause : undefined

@@ -1,0 +1,5 @@
+/**
+ * @since 0.1.0
+ */
+export * as PgFailure from "./PgFailure.ts"
+export * as ResilientPg from "./ResilientPg.ts"

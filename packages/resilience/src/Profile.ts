@@ -1,0 +1,199 @@
+/**
+ * The seed's two profiles, development and production, and the `Config` that
+ * picks one from the environment and applies overrides.
+ *
+ * **Details**
+ *
+ * | setting | development | production | environment variable |
+ * |---|---|---|---|
+ * | retries after the first attempt | 3 | 5 | `STURDY_RETRIES` |
+ * | backoff base (doubles each retry) | 1 s | 1 s | `STURDY_BACKOFF_BASE` |
+ * | additive jitter, uniform in [0, x) | 1 s | 1 s | `STURDY_BACKOFF_JITTER` |
+ * | attempt timeout | 10 s | 30 s | `STURDY_ATTEMPT_TIMEOUT` |
+ * | health check interval | 30 s | 60 s | `STURDY_HEALTH_CHECK_INTERVAL` |
+ *
+ * The profile is `STURDY_PROFILE` when set (`development` or `production`,
+ * anything else is an error), otherwise `production` when `NODE_ENV` is
+ * `production` and `development` for any other `NODE_ENV` (tools set it to
+ * `test`, `staging` and more; refusing those would break them).
+ *
+ * **Gotchas**
+ *
+ * Every invalid value fails with a `ConfigError` naming its key; values are
+ * never echoed, so a secret pasted into the wrong variable does not end up in
+ * a log.
+ *
+ * @since 0.1.0
+ */
+import { Config, Duration, Option, Schema } from "effect"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Name = "development" | "production"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Profile {
+  readonly name: Name
+  /** Retries after the first attempt. */
+  readonly retriesAfterFirst: number
+  /** First backoff delay; each retry doubles it. */
+  readonly backoffBase: Duration.Duration
+  /** Upper bound (exclusive) of the uniform jitter added to each delay. */
+  readonly backoffJitter: Duration.Duration
+  /** Deadline of one attempt: acquiring a connection plus running the statement. */
+  readonly attemptTimeout: Duration.Duration
+  /** Interval between health probes. */
+  readonly healthCheckInterval: Duration.Duration
+}
+
+/**
+ * @since 0.1.0
+ * @category profiles
+ */
+export const development: Profile = {
+  name: "development",
+  retriesAfterFirst: 3,
+  backoffBase: Duration.seconds(1),
+  backoffJitter: Duration.seconds(1),
+  attemptTimeout: Duration.seconds(10),
+  healthCheckInterval: Duration.seconds(30)
+}
+
+/**
+ * @since 0.1.0
+ * @category profiles
+ */
+export const production: Profile = {
+  name: "production",
+  retriesAfterFirst: 5,
+  backoffBase: Duration.seconds(1),
+  backoffJitter: Duration.seconds(1),
+  attemptTimeout: Duration.seconds(30),
+  healthCheckInterval: Duration.seconds(60)
+}
+
+/**
+ * @since 0.1.0
+ * @category profiles
+ */
+export const byName = (name: Name): Profile => name === "production" ? production : development
+
+/**
+ * Overrides of a profile's values, as durations in any `Duration.Input` form.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Overrides {
+  readonly retriesAfterFirst?: number | undefined
+  readonly backoffBase?: Duration.Input | undefined
+  readonly backoffJitter?: Duration.Input | undefined
+  readonly attemptTimeout?: Duration.Input | undefined
+  readonly healthCheckInterval?: Duration.Input | undefined
+}
+
+const positive = (fn: string, key: string, input: Duration.Input): Duration.Duration => {
+  const duration = Duration.fromInputUnsafe(input)
+  if (!Duration.isFinite(duration) || !(Duration.toMillis(duration) > 0)) {
+    throw new RangeError(`${fn}: ${key} must be a positive finite duration, got ${Duration.format(duration)}`)
+  }
+  return duration
+}
+
+/**
+ * Applies overrides to a profile, throwing a `RangeError` that names the
+ * function, the setting and the value for anything out of range.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const override = (profile: Profile, overrides: Overrides, fn = "Profile.override"): Profile => {
+  const retries = overrides.retriesAfterFirst ?? profile.retriesAfterFirst
+  if (!Number.isInteger(retries) || retries < 0) {
+    throw new RangeError(`${fn}: retriesAfterFirst must be an integer >= 0, got ${retries}`)
+  }
+  const jitter = Duration.fromInputUnsafe(overrides.backoffJitter ?? profile.backoffJitter)
+  if (!Duration.isFinite(jitter) || Duration.toMillis(jitter) < 0) {
+    throw new RangeError(`${fn}: backoffJitter must be a finite duration >= 0, got ${Duration.format(jitter)}`)
+  }
+  return {
+    name: profile.name,
+    retriesAfterFirst: retries,
+    backoffBase: positive(fn, "backoffBase", overrides.backoffBase ?? profile.backoffBase),
+    backoffJitter: jitter,
+    attemptTimeout: positive(fn, "attemptTimeout", overrides.attemptTimeout ?? profile.attemptTimeout),
+    healthCheckInterval: positive(fn, "healthCheckInterval", overrides.healthCheckInterval ?? profile.healthCheckInterval)
+  }
+}
+
+const durationWhere = (key: string, rule: string, ok: (millis: number) => boolean) =>
+  Config.option(
+    Config.schema(
+      Schema.DurationFromString.check(
+        Schema.makeFilter((duration: Duration.Duration) =>
+          (Duration.isFinite(duration) && ok(Duration.toMillis(duration))) || `Expected ${rule}`
+        )
+      ),
+      key
+    )
+  )
+
+/**
+ * The environment's profile name: `STURDY_PROFILE`, else derived from `NODE_ENV`.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const nameConfig: Config.Config<Name> = Config.all({
+  explicit: Config.option(Config.Literals(["development", "production"], "STURDY_PROFILE")),
+  nodeEnv: Config.option(Config.String("NODE_ENV"))
+}).pipe(
+  Config.map(({ explicit, nodeEnv }) =>
+    Option.getOrElse(explicit, (): Name => Option.getOrUndefined(nodeEnv) === "production" ? "production" : "development")
+  )
+)
+
+/**
+ * The profile from the environment with every override applied; see the
+ * module documentation for the variables.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Profile> = Config.all({
+  name: nameConfig,
+  retriesAfterFirst: Config.option(
+    Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), "STURDY_RETRIES")
+  ),
+  backoffBase: durationWhere("STURDY_BACKOFF_BASE", "a positive duration", (ms) => ms > 0),
+  backoffJitter: durationWhere("STURDY_BACKOFF_JITTER", "a duration >= 0", (ms) => ms >= 0),
+  attemptTimeout: durationWhere("STURDY_ATTEMPT_TIMEOUT", "a positive duration", (ms) => ms > 0),
+  healthCheckInterval: durationWhere("STURDY_HEALTH_CHECK_INTERVAL", "a positive duration", (ms) => ms > 0)
+}).pipe(
+  Config.map(({ name, ...values }) =>
+    override(byName(name), {
+      retriesAfterFirst: Option.getOrUndefined(values.retriesAfterFirst),
+      backoffBase: Option.getOrUndefined(values.backoffBase),
+      backoffJitter: Option.getOrUndefined(values.backoffJitter),
+      attemptTimeout: Option.getOrUndefined(values.attemptTimeout),
+      healthCheckInterval: Option.getOrUndefined(values.healthCheckInterval)
+    })
+  )
+)
+
+/**
+ * The delays of a profile's retry schedule, for `Retry.backoff`.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const backoffOptions = (profile: Profile) => ({
+  retriesAfterFirst: profile.retriesAfterFirst,
+  base: profile.backoffBase,
+  jitter: profile.backoffJitter
+})
