@@ -65,7 +65,7 @@ import * as Reactivity from "effect/reactivity/Reactivity"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
-import { isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
+import { ConnectionError, isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import { isReadOnly } from "./internal/readOnly.ts"
 import * as PgFailure from "./PgFailure.ts"
@@ -265,6 +265,15 @@ const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
 
 const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
 
+const isPostgresUrl = (url: string): boolean => {
+  try {
+    const protocol = new URL(url).protocol
+    return protocol === "postgres:" || protocol === "postgresql:"
+  } catch {
+    return false
+  }
+}
+
 const validateOptions = (options: Options): Profile.Profile => {
   const fn = "ResilientPg.make"
   const profileName = options.profile ?? "development"
@@ -306,6 +315,18 @@ export const make = Effect.fnUntraced(function*(
   options: Options
 ): Effect.fn.Return<{ readonly client: PgClient.PgClient; readonly service: Service }, SqlError, Scope.Scope | Reactivity.Reactivity> {
   const profile = validateOptions(options)
+  if (options.url !== undefined && !isPostgresUrl(Redacted.value(options.url))) {
+    // The driver would report this with the parser's error, whose `input` is the whole URL, password included.
+    return yield* Effect.fail(
+      new SqlError({
+        reason: new ConnectionError({
+          cause: new Error("url is not a valid postgres:// or postgresql:// URL"),
+          message: "ResilientPg: url is not a valid postgres:// or postgresql:// URL",
+          operation: "connect"
+        })
+      })
+    )
+  }
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
   const statementTimeout = statementTimeoutMillis(options, profile)
   const pool = yield* PgPool.make({
@@ -495,15 +516,7 @@ export const layer = (options: Options): Layer.Layer<PgClient.PgClient | SqlClie
 const databaseUrl = Config.schema(
   Schema.Redacted(
     Schema.String.check(
-      Schema.makeFilter((url: string) => {
-        try {
-          const protocol = new URL(url).protocol
-          return protocol === "postgres:" || protocol === "postgresql:" ||
-            "Expected a postgres:// or postgresql:// URL"
-        } catch {
-          return "Expected a postgres:// or postgresql:// URL"
-        }
-      })
+      Schema.makeFilter((url: string) => isPostgresUrl(url) || "Expected a postgres:// or postgresql:// URL")
     )
   ),
   "DATABASE_URL"
