@@ -59,9 +59,10 @@ export class ConnectionFailure extends Schema.TaggedError<ConnectionFailure>()("
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
-export class ConnectionDoesNotExist
-  extends Schema.TaggedError<ConnectionDoesNotExist>()("ConnectionDoesNotExist", fields)
-{
+export class ConnectionDoesNotExist extends Schema.TaggedError<ConnectionDoesNotExist>()(
+  "ConnectionDoesNotExist",
+  fields
+) {
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
@@ -147,8 +148,11 @@ export type TransientReason = typeof TransientReason.Type
  * @category classification
  */
 export const outcome = (reason: TransientReason): "not-applied" | "unknown" =>
-  reason.phase === "connect" || reason._tag === "ReadOnlyTransaction" || reason._tag === "StatementTimeout" ||
-    reason._tag === "SerializationFailure" || reason._tag === "Deadlock"
+  reason.phase === "connect" ||
+  reason._tag === "ReadOnlyTransaction" ||
+  reason._tag === "StatementTimeout" ||
+  reason._tag === "SerializationFailure" ||
+  reason._tag === "Deadlock"
     ? "not-applied"
     : "unknown"
 
@@ -254,9 +258,8 @@ export const classify = (
     const bySqlState = Object.hasOwn(sqlStateReasons, code) ? sqlStateReasons[code] : undefined
     if (bySqlState !== undefined) return bySqlState(props)
     if (code.startsWith("08")) return new ConnectionException(props)
-    const byTransaction = scope === "transaction" && Object.hasOwn(transactionReasons, code)
-      ? transactionReasons[code]
-      : undefined
+    const byTransaction =
+      scope === "transaction" && Object.hasOwn(transactionReasons, code) ? transactionReasons[code] : undefined
     if (byTransaction !== undefined) return byTransaction(props)
     return undefined
   }
@@ -300,9 +303,10 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
  */
 export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
   new SqlError({
-    reason: failure._tag === "TransientError"
-      ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
-      : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
+    reason:
+      failure._tag === "TransientError"
+        ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
+        : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
   })
 
 /**

@@ -168,7 +168,9 @@ export const notIdempotent = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Eff
  * @since 0.1.0
  * @category errors
  */
-export const unwrapFailures = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | PgFailure.PolicyFailure, R> =>
+export const unwrapFailures = <A, E, R>(
+  self: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | PgFailure.PolicyFailure, R> =>
   Effect.mapError(self, (error) => (isSqlError(error) && PgFailure.fromSqlError(error)) || error)
 
 /** What one statement's attempts share: the SQL it ran and whether it got a connection. */
@@ -198,7 +200,9 @@ class SqlConnection implements Connection {
     if (error.reason._tag === "ConnectionError") this.broken = true
   }
   private watch<A>(effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
-    return this.call === undefined ? Effect.tapError(effect, (error) => Effect.sync(() => this.noteBroken(error))) : effect
+    return this.call === undefined
+      ? Effect.tapError(effect, (error) => Effect.sync(() => this.noteBroken(error)))
+      : effect
   }
   private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
     if (this.call !== undefined) this.call.sql = sql
@@ -237,19 +241,15 @@ class SqlConnection implements Connection {
     transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
   ) {
     const stream = this.connection.stream(sql, params)
-    return transformRows
-      ? Stream.mapArray(stream, (rows) => transformRows(rows) as typeof rows)
-      : stream
+    return transformRows ? Stream.mapArray(stream, (rows) => transformRows(rows) as typeof rows) : stream
   }
 }
 
 /** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`; PgClient's own check. */
 const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
-  Effect.flatMap(
-    conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>,
-    (result) =>
-      result.command === "ROLLBACK"
-        ? Effect.fail(
+  Effect.flatMap(conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
+    result.command === "ROLLBACK"
+      ? Effect.fail(
           new SqlError({
             reason: new UnknownError({
               cause: new Error("COMMIT rolled back an aborted transaction"),
@@ -258,7 +258,7 @@ const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
             })
           })
         )
-        : Effect.void
+      : Effect.void
   )
 
 const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
@@ -311,9 +311,13 @@ const statementTimeoutMillis = (options: Options, profile: Profile.Profile): num
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function*(
+export const make = Effect.fnUntraced(function* (
   options: Options
-): Effect.fn.Return<{ readonly client: PgClient.PgClient; readonly service: Service }, SqlError, Scope.Scope | Reactivity.Reactivity> {
+): Effect.fn.Return<
+  { readonly client: PgClient.PgClient; readonly service: Service },
+  SqlError,
+  Scope.Scope | Reactivity.Reactivity
+> {
   const profile = validateOptions(options)
   if (options.url !== undefined && !isPostgresUrl(Redacted.value(options.url))) {
     // The driver would report this with the parser's error, whose `input` is the whole URL, password included.
@@ -331,9 +335,10 @@ export const make = Effect.fnUntraced(function*(
   const statementTimeout = statementTimeoutMillis(options, profile)
   const pool = yield* PgPool.make({
     ...options,
-    startupParameters: statementTimeout === undefined
-      ? options.startupParameters
-      : { statement_timeout: String(statementTimeout), ...options.startupParameters }
+    startupParameters:
+      statementTimeout === undefined
+        ? options.startupParameters
+        : { statement_timeout: String(statementTimeout), ...options.startupParameters }
   })
 
   const stats = { statements: 0, attempts: 0, retries: 0, timeouts: 0, failed: 0, outcomeUnknown: 0 }
@@ -341,7 +346,9 @@ export const make = Effect.fnUntraced(function*(
   const timedOut = (call: Call) =>
     Effect.suspend(() => {
       stats.timeouts++
-      return Effect.fail(new Transient.AttemptTimeout({ phase: call.sent ? "sent" : "connect", timeout: attemptTimeout }))
+      return Effect.fail(
+        new Transient.AttemptTimeout({ phase: call.sent ? "sent" : "connect", timeout: attemptTimeout })
+      )
     })
 
   /** What a failed attempt means for the retry: a transient failure, an unknown outcome, or the original error. */
@@ -351,10 +358,10 @@ export const make = Effect.fnUntraced(function*(
     idempotency: typeof Idempotency.Service
   ): E | PgFailure.PolicyFailure => {
     const reason = Predicate.isTagged(error, "AttemptTimeout")
-      ? error as Transient.AttemptTimeout
+      ? (error as Transient.AttemptTimeout)
       : isSqlError(error)
-      ? PgFailure.classify(error)
-      : undefined
+        ? PgFailure.classify(error)
+        : undefined
     if (reason === undefined) return error as E
     if (
       PgFailure.outcome(reason) === "not-applied" ||
@@ -384,7 +391,11 @@ export const make = Effect.fnUntraced(function*(
 
   const recovered = (operation: string, call: Call) =>
     Effect.logInfo("A database call recovered").pipe(
-      Effect.annotateLogs({ "sturdy.event": "recovered", "sturdy.operation": operation, "sturdy.attempts": call.attempts })
+      Effect.annotateLogs({
+        "sturdy.event": "recovered",
+        "sturdy.operation": operation,
+        "sturdy.attempts": call.attempts
+      })
     )
 
   const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
@@ -407,12 +418,11 @@ export const make = Effect.fnUntraced(function*(
     operation: string,
     attempt: Effect.Effect<A, E | Transient.AttemptTimeout, R>
   ): Effect.Effect<A, Exclude<E, Transient.AttemptTimeout> | SqlError, R> => {
-    const classified: Effect.Effect<A, E | PgFailure.PolicyFailure, R> = Effect.catch(
-      attempt,
-      (error) => Effect.withFiber((fiber) => Effect.fail(decide<E>(error, call, fiber.getRef(Idempotency))))
+    const classified: Effect.Effect<A, E | PgFailure.PolicyFailure, R> = Effect.catch(attempt, (error) =>
+      Effect.withFiber((fiber) => Effect.fail(decide<E>(error, call, fiber.getRef(Idempotency))))
     )
     return Retry.retryOnFailure(classified, policy).pipe(
-      Effect.tap(() => call.attempts > 1 ? recovered(operation, call) : Effect.void),
+      Effect.tap(() => (call.attempts > 1 ? recovered(operation, call) : Effect.void)),
       Effect.catch((error): Effect.Effect<never, Exclude<E, Transient.AttemptTimeout> | SqlError> => {
         stats.failed++
         return PgFailure.isPolicyFailure(error)
@@ -453,7 +463,8 @@ export const make = Effect.fnUntraced(function*(
       return withPolicies(call, operation, attempt)
     })
 
-  const toSqlConnection = (connection: PgConnection.PgConnection): Connection => new SqlConnection(connection, undefined)
+  const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
+    new SqlConnection(connection, undefined)
   const acquire = acquirer(Effect.map(pool.get, toSqlConnection), "acquire")
   const reserve = acquirer(pool.reserve, "reserve")
 
@@ -485,8 +496,7 @@ export const make = Effect.fnUntraced(function*(
     config: options,
     json: (value: unknown) => Statement.fragment([PgJson(value)]),
     listen: (channel: string) => Effect.flatMap(reserve, (connection) => connection.listen(channel)),
-    notify: (channel: string, payload: string) =>
-      Effect.asVoid(client`SELECT pg_notify(${channel}, ${payload})`.raw)
+    notify: (channel: string, payload: string) => Effect.asVoid(client`SELECT pg_notify(${channel}, ${payload})`.raw)
   })
 
   return {
@@ -510,7 +520,8 @@ export const layer = (options: Options): Layer.Layer<PgClient.PgClient | SqlClie
       Context.make(PgClient.PgClient, client).pipe(
         Context.add(SqlClient.SqlClient, client),
         Context.add(ResilientPg, service)
-      ))
+      )
+    )
   ).pipe(Layer.provide(Reactivity.layer))
 
 const databaseUrl = Config.schema(
@@ -542,17 +553,19 @@ export const config: Config.Config<Options> = Config.all({
   maxConnections: Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")),
   sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY"))
 }).pipe(
-  Config.map(({ url, profile, maxConnections, sentPhaseRetry }): Options => ({
-    url,
-    profile: profile.name,
-    retriesAfterFirst: profile.retriesAfterFirst,
-    backoffBase: profile.backoffBase,
-    backoffJitter: profile.backoffJitter,
-    attemptTimeout: profile.attemptTimeout,
-    healthCheckInterval: profile.healthCheckInterval,
-    maxConnections: Option.getOrUndefined(maxConnections),
-    sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry)
-  }))
+  Config.map(
+    ({ url, profile, maxConnections, sentPhaseRetry }): Options => ({
+      url,
+      profile: profile.name,
+      retriesAfterFirst: profile.retriesAfterFirst,
+      backoffBase: profile.backoffBase,
+      backoffJitter: profile.backoffJitter,
+      attemptTimeout: profile.attemptTimeout,
+      healthCheckInterval: profile.healthCheckInterval,
+      maxConnections: Option.getOrUndefined(maxConnections),
+      sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry)
+    })
+  )
 )
 
 /**

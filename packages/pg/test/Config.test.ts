@@ -16,10 +16,17 @@ const configErrorMessage = (exit: Exit.Exit<unknown, unknown>): string => {
 
 describe("ResilientPg.config", () => {
   it.effect("reads DATABASE_URL (redacted) and the profile", () =>
-    Effect.gen(function*() {
-      const options = yield* ResilientPg.config.parse(ConfigProvider.fromEnv({
-        env: { DATABASE_URL: validUrl, NODE_ENV: "production", STURDY_POOL_SIZE: "4", STURDY_SENT_PHASE_RETRY: "always" }
-      }))
+    Effect.gen(function* () {
+      const options = yield* ResilientPg.config.parse(
+        ConfigProvider.fromEnv({
+          env: {
+            DATABASE_URL: validUrl,
+            NODE_ENV: "production",
+            STURDY_POOL_SIZE: "4",
+            STURDY_SENT_PHASE_RETRY: "always"
+          }
+        })
+      )
       assert.strictEqual(Redacted.value(options.url!), validUrl)
       assert.notInclude(String(options.url), secret)
       assert.strictEqual(options.profile, "production")
@@ -27,7 +34,8 @@ describe("ResilientPg.config", () => {
       assert.strictEqual(Duration.toMillis(Duration.fromInputUnsafe(options.attemptTimeout!)), 30_000)
       assert.strictEqual(options.maxConnections, 4)
       assert.strictEqual(options.sentPhaseRetry, "always")
-    }))
+    })
+  )
 
   const invalid = [
     ["DATABASE_URL", "not a url"],
@@ -41,30 +49,52 @@ describe("ResilientPg.config", () => {
     ["STURDY_ATTEMPT_TIMEOUT", "0 seconds"]
   ] as const
   for (const [key, value] of invalid) {
-    it.effect(`${key}=${JSON.stringify(value.replace(secret, "…"))} fails with a ConfigError naming ${key}, and no secret`, () =>
-      Effect.gen(function*() {
-        const env: Record<string, string> = key === "DATABASE_URL" ? { [key]: value } : { DATABASE_URL: validUrl, [key]: value }
-        const message = configErrorMessage(yield* load(env))
-        assert.include(message, key)
-        assert.notInclude(message, secret)
-      }))
+    it.effect(
+      `${key}=${JSON.stringify(value.replace(secret, "…"))} fails with a ConfigError naming ${key}, and no secret`,
+      () =>
+        Effect.gen(function* () {
+          const env: Record<string, string> =
+            key === "DATABASE_URL" ? { [key]: value } : { DATABASE_URL: validUrl, [key]: value }
+          const message = configErrorMessage(yield* load(env))
+          assert.include(message, key)
+          assert.notInclude(message, secret)
+        })
+    )
   }
 
   it.effect("a missing DATABASE_URL names the key", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       assert.include(configErrorMessage(yield* load({})), "DATABASE_URL")
-    }))
+    })
+  )
 
   it.effect("invalid options in code fail the layer with a RangeError naming the option and the value", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const url = Redacted.make(validUrl)
       const messageOf = (options: Partial<ResilientPg.Options>) =>
         Effect.map(Effect.exit(Effect.provide(Effect.void, ResilientPg.layer({ url, ...options }))), (exit) =>
-          Exit.isFailure(exit) ? (Cause.squash(exit.cause) as Error).message : "built")
-      assert.strictEqual(yield* messageOf({ retriesAfterFirst: -1 }), "ResilientPg.make: retriesAfterFirst must be an integer >= 0, got -1")
-      assert.strictEqual(yield* messageOf({ attemptTimeout: "0 millis" }), "ResilientPg.make: attemptTimeout must be a positive finite duration, got 0")
-      assert.strictEqual(yield* messageOf({ profile: "staging" as never }), "ResilientPg.make: profile must be \"development\" or \"production\", got \"staging\"")
-      assert.strictEqual(yield* messageOf({ sentPhaseRetry: "yes" as never }), "ResilientPg.make: sentPhaseRetry must be \"safe\" or \"always\", got \"yes\"")
-      assert.strictEqual(yield* messageOf({ statementTimeout: "-5 seconds" }), "ResilientPg.make: statementTimeout must be a positive finite duration or \"off\", got -5s")
-    }))
+          Exit.isFailure(exit) ? (Cause.squash(exit.cause) as Error).message : "built"
+        )
+      assert.strictEqual(
+        yield* messageOf({ retriesAfterFirst: -1 }),
+        "ResilientPg.make: retriesAfterFirst must be an integer >= 0, got -1"
+      )
+      assert.strictEqual(
+        yield* messageOf({ attemptTimeout: "0 millis" }),
+        "ResilientPg.make: attemptTimeout must be a positive finite duration, got 0"
+      )
+      assert.strictEqual(
+        yield* messageOf({ profile: "staging" as never }),
+        'ResilientPg.make: profile must be "development" or "production", got "staging"'
+      )
+      assert.strictEqual(
+        yield* messageOf({ sentPhaseRetry: "yes" as never }),
+        'ResilientPg.make: sentPhaseRetry must be "safe" or "always", got "yes"'
+      )
+      assert.strictEqual(
+        yield* messageOf({ statementTimeout: "-5 seconds" }),
+        'ResilientPg.make: statementTimeout must be a positive finite duration or "off", got -5s'
+      )
+    })
+  )
 })

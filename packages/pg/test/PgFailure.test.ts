@@ -51,50 +51,190 @@ interface Case {
   readonly name: string
   readonly error: SqlError
   readonly scope?: "statement" | "transaction"
-  readonly expected: { readonly tag: string; readonly phase: "connect" | "sent"; readonly outcome: "not-applied" | "unknown" } | "not transient"
+  readonly expected:
+    | { readonly tag: string; readonly phase: "connect" | "sent"; readonly outcome: "not-applied" | "unknown" }
+    | "not transient"
 }
 
 const cases = [
   // The seed's table (DESIGN §4).
-  { name: "ETIMEDOUT", error: socket("ETIMEDOUT", "connect"), expected: { tag: "NetworkTimeout", phase: "connect", outcome: "not-applied" } },
-  { name: "ECONNRESET on a query", error: socket("ECONNRESET", "query", "PgConnection: Socket error"), expected: { tag: "ConnectionReset", phase: "sent", outcome: "unknown" } },
-  { name: "ENOTFOUND", error: socket("ENOTFOUND", "connect"), expected: { tag: "HostNotFound", phase: "connect", outcome: "not-applied" } },
-  { name: "ECONNREFUSED", error: socket("ECONNREFUSED", "connect"), expected: { tag: "ConnectionRefused", phase: "connect", outcome: "not-applied" } },
-  { name: "EPIPE writing a query", error: socket("EPIPE", "query", "PgConnection: Failed to write query"), expected: { tag: "BrokenPipe", phase: "sent", outcome: "unknown" } },
-  { name: "EAI_AGAIN", error: socket("EAI_AGAIN", "connect"), expected: { tag: "DnsTemporaryFailure", phase: "connect", outcome: "not-applied" } },
-  { name: "08006", error: server((p) => new ConnectionError(p), "08006", "query"), expected: { tag: "ConnectionFailure", phase: "sent", outcome: "unknown" } },
-  { name: "57P03 at start-up", error: server((p) => new UnknownError(p), "57P03", "connect"), expected: { tag: "CannotConnectNow", phase: "connect", outcome: "not-applied" } },
-  { name: "08003", error: server((p) => new ConnectionError(p), "08003", "query"), expected: { tag: "ConnectionDoesNotExist", phase: "sent", outcome: "unknown" } },
-  { name: "08000", error: server((p) => new ConnectionError(p), "08000", "connect"), expected: { tag: "ConnectionException", phase: "connect", outcome: "not-applied" } },
-  { name: "08001 (rest of class 08)", error: server((p) => new ConnectionError(p), "08001", "connect"), expected: { tag: "ConnectionException", phase: "connect", outcome: "not-applied" } },
-  { name: "08P01 (rest of class 08)", error: server((p) => new ConnectionError(p), "08P01", "query"), expected: { tag: "ConnectionException", phase: "sent", outcome: "unknown" } },
+  {
+    name: "ETIMEDOUT",
+    error: socket("ETIMEDOUT", "connect"),
+    expected: { tag: "NetworkTimeout", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "ECONNRESET on a query",
+    error: socket("ECONNRESET", "query", "PgConnection: Socket error"),
+    expected: { tag: "ConnectionReset", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "ENOTFOUND",
+    error: socket("ENOTFOUND", "connect"),
+    expected: { tag: "HostNotFound", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "ECONNREFUSED",
+    error: socket("ECONNREFUSED", "connect"),
+    expected: { tag: "ConnectionRefused", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "EPIPE writing a query",
+    error: socket("EPIPE", "query", "PgConnection: Failed to write query"),
+    expected: { tag: "BrokenPipe", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "EAI_AGAIN",
+    error: socket("EAI_AGAIN", "connect"),
+    expected: { tag: "DnsTemporaryFailure", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "08006",
+    error: server((p) => new ConnectionError(p), "08006", "query"),
+    expected: { tag: "ConnectionFailure", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "57P03 at start-up",
+    error: server((p) => new UnknownError(p), "57P03", "connect"),
+    expected: { tag: "CannotConnectNow", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "08003",
+    error: server((p) => new ConnectionError(p), "08003", "query"),
+    expected: { tag: "ConnectionDoesNotExist", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "08000",
+    error: server((p) => new ConnectionError(p), "08000", "connect"),
+    expected: { tag: "ConnectionException", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "08001 (rest of class 08)",
+    error: server((p) => new ConnectionError(p), "08001", "connect"),
+    expected: { tag: "ConnectionException", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "08P01 (rest of class 08)",
+    error: server((p) => new ConnectionError(p), "08P01", "query"),
+    expected: { tag: "ConnectionException", phase: "sent", outcome: "unknown" }
+  },
   // The extra transient ones.
-  { name: "57P01 on a query", error: server((p) => new UnknownError(p), "57P01", "query"), expected: { tag: "AdminShutdown", phase: "sent", outcome: "unknown" } },
-  { name: "57P02", error: server((p) => new UnknownError(p), "57P02", "query"), expected: { tag: "CrashShutdown", phase: "sent", outcome: "unknown" } },
-  { name: "53300 at start-up", error: server((p) => new UnknownError(p), "53300", "connect"), expected: { tag: "TooManyConnections", phase: "connect", outcome: "not-applied" } },
-  { name: "25006 read-only after a failover", error: server((p) => new UnknownError(p), "25006", "query"), expected: { tag: "ReadOnlyTransaction", phase: "sent", outcome: "not-applied" } },
-  { name: "57014 statement_timeout", error: server((p) => new StatementTimeoutError(p), "57014", "query"), expected: { tag: "StatementTimeout", phase: "sent", outcome: "not-applied" } },
-  { name: "EHOSTUNREACH", error: socket("EHOSTUNREACH", "connect"), expected: { tag: "NetworkUnreachable", phase: "connect", outcome: "not-applied" } },
-  { name: "ECONNABORTED", error: socket("ECONNABORTED", "query", "PgConnection: Socket error"), expected: { tag: "ConnectionReset", phase: "sent", outcome: "unknown" } },
+  {
+    name: "57P01 on a query",
+    error: server((p) => new UnknownError(p), "57P01", "query"),
+    expected: { tag: "AdminShutdown", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "57P02",
+    error: server((p) => new UnknownError(p), "57P02", "query"),
+    expected: { tag: "CrashShutdown", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "53300 at start-up",
+    error: server((p) => new UnknownError(p), "53300", "connect"),
+    expected: { tag: "TooManyConnections", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "25006 read-only after a failover",
+    error: server((p) => new UnknownError(p), "25006", "query"),
+    expected: { tag: "ReadOnlyTransaction", phase: "sent", outcome: "not-applied" }
+  },
+  {
+    name: "57014 statement_timeout",
+    error: server((p) => new StatementTimeoutError(p), "57014", "query"),
+    expected: { tag: "StatementTimeout", phase: "sent", outcome: "not-applied" }
+  },
+  {
+    name: "EHOSTUNREACH",
+    error: socket("EHOSTUNREACH", "connect"),
+    expected: { tag: "NetworkUnreachable", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "ECONNABORTED",
+    error: socket("ECONNABORTED", "query", "PgConnection: Socket error"),
+    expected: { tag: "ConnectionReset", phase: "sent", outcome: "unknown" }
+  },
   // What a killed backend and a dying server really produce: no code at all.
-  { name: "Connection closed, no SQLSTATE", error: closed("PgConnection: Connection closed", "query"), expected: { tag: "ConnectionClosed", phase: "sent", outcome: "unknown" } },
-  { name: "closed during start-up", error: closed("PgConnection: Connection closed during startup", "connect"), expected: { tag: "ConnectionClosed", phase: "connect", outcome: "not-applied" } },
-  { name: "socket error without a code", error: closed("PgConnection: Socket error", "query"), expected: { tag: "ConnectionClosed", phase: "sent", outcome: "unknown" } },
-  { name: "the driver's connect timeout", error: closed("PgConnection: Connection timed out", "connect"), expected: { tag: "NetworkTimeout", phase: "connect", outcome: "not-applied" } },
+  {
+    name: "Connection closed, no SQLSTATE",
+    error: closed("PgConnection: Connection closed", "query"),
+    expected: { tag: "ConnectionClosed", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "closed during start-up",
+    error: closed("PgConnection: Connection closed during startup", "connect"),
+    expected: { tag: "ConnectionClosed", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "socket error without a code",
+    error: closed("PgConnection: Socket error", "query"),
+    expected: { tag: "ConnectionClosed", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "the driver's connect timeout",
+    error: closed("PgConnection: Connection timed out", "connect"),
+    expected: { tag: "NetworkTimeout", phase: "connect", outcome: "not-applied" }
+  },
   // Whole transactions only.
-  { name: "40001 on a statement", error: server((p) => new SerializationError(p), "40001", "query"), expected: "not transient" },
-  { name: "40001 in a transaction", error: server((p) => new SerializationError(p), "40001", "query"), scope: "transaction", expected: { tag: "SerializationFailure", phase: "sent", outcome: "not-applied" } },
-  { name: "40P01 on a statement", error: server((p) => new DeadlockError(p), "40P01", "query"), expected: "not transient" },
-  { name: "40P01 in a transaction", error: server((p) => new DeadlockError(p), "40P01", "query"), scope: "transaction", expected: { tag: "Deadlock", phase: "sent", outcome: "not-applied" } },
+  {
+    name: "40001 on a statement",
+    error: server((p) => new SerializationError(p), "40001", "query"),
+    expected: "not transient"
+  },
+  {
+    name: "40001 in a transaction",
+    error: server((p) => new SerializationError(p), "40001", "query"),
+    scope: "transaction",
+    expected: { tag: "SerializationFailure", phase: "sent", outcome: "not-applied" }
+  },
+  {
+    name: "40P01 on a statement",
+    error: server((p) => new DeadlockError(p), "40P01", "query"),
+    expected: "not transient"
+  },
+  {
+    name: "40P01 in a transaction",
+    error: server((p) => new DeadlockError(p), "40P01", "query"),
+    scope: "transaction",
+    expected: { tag: "Deadlock", phase: "sent", outcome: "not-applied" }
+  },
   // The caller's problem: returned unchanged.
-  { name: "42601 syntax error", error: server((p) => new SqlSyntaxError(p), "42601", "query"), expected: "not transient" },
-  { name: "23505 unique violation", error: server((p) => new UniqueViolation({ ...p, constraint: "pk" }), "23505", "query"), expected: "not transient" },
-  { name: "42501 permission denied", error: server((p) => new AuthorizationError(p), "42501", "query"), expected: "not transient" },
-  { name: "28P01 bad password", error: server((p) => new AuthenticationError(p), "28P01", "connect"), expected: "not transient" },
+  {
+    name: "42601 syntax error",
+    error: server((p) => new SqlSyntaxError(p), "42601", "query"),
+    expected: "not transient"
+  },
+  {
+    name: "23505 unique violation",
+    error: server((p) => new UniqueViolation({ ...p, constraint: "pk" }), "23505", "query"),
+    expected: "not transient"
+  },
+  {
+    name: "42501 permission denied",
+    error: server((p) => new AuthorizationError(p), "42501", "query"),
+    expected: "not transient"
+  },
+  {
+    name: "28P01 bad password",
+    error: server((p) => new AuthenticationError(p), "28P01", "connect"),
+    expected: "not transient"
+  },
   { name: "EACCES (not a network failure)", error: socket("EACCES", "connect"), expected: "not transient" },
-  { name: "a configuration error (no code)", error: closed("PgConnection: No username configured", "connect"), expected: "not transient" },
-  { name: "the client closed the connection itself", error: closed("PgConnection: Connection is closed", "query"), expected: "not transient" },
-  { name: "a released pin", error: closed("PgConnection: Pinned connection was released", "query"), expected: "not transient" }
+  {
+    name: "a configuration error (no code)",
+    error: closed("PgConnection: No username configured", "connect"),
+    expected: "not transient"
+  },
+  {
+    name: "the client closed the connection itself",
+    error: closed("PgConnection: Connection is closed", "query"),
+    expected: "not transient"
+  },
+  {
+    name: "a released pin",
+    error: closed("PgConnection: Pinned connection was released", "query"),
+    expected: "not transient"
+  }
 ] as const satisfies ReadonlyArray<Case>
 
 describe("PgFailure.classify", () => {

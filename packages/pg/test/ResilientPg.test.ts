@@ -30,7 +30,7 @@ const failureOf = <A, E>(exit: Exit.Exit<A, E>): unknown => {
 
 /** Polls an external condition (the server's view) until it holds or the deadline passes. */
 const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, deadlineMillis: number) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const start = yield* Clock.currentTimeMillis
     while (true) {
       if (yield* check) return (yield* Clock.currentTimeMillis) - start
@@ -42,12 +42,15 @@ const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, deadlineMillis: n
 describe("ResilientPg against a real server", () => {
   layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
     it.effect("(a) fails after exactly the profile's attempts with ConnectionRefused while the server is down", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
-        for (const [profile, attempts] of [["development", 4], ["production", 6]] as const) {
+        for (const [profile, attempts] of [
+          ["development", 4],
+          ["production", 6]
+        ] as const) {
           const { layer } = resilient(server, { profile, ...fast })
           yield* server.stop
-          const outcome = yield* Effect.gen(function*() {
+          const outcome = yield* Effect.gen(function* () {
             const sql = yield* SqlClient.SqlClient
             const exit = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))
             const stats = yield* (yield* ResilientPg.ResilientPg).stats
@@ -60,15 +63,16 @@ describe("ResilientPg against a real server", () => {
           assert.strictEqual(outcome.stats.attempts, attempts)
           assert.strictEqual(outcome.stats.retries, attempts - 1)
         }
-      }))
+      })
+    )
 
     it.effect("(a) a call that waits through a restart succeeds, at the profile's backoff times (TestClock)", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const logs = yield* LogCapture.make
         const { layer } = resilient(server, { profile: "development" })
         yield* server.stop
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const call = yield* Effect.forkChild(sql<{ one: number }>`SELECT 1 AS one`)
           const first = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
@@ -85,27 +89,32 @@ describe("ResilientPg against a real server", () => {
           assert.strictEqual(stats.attempts, 2)
           const recovered = (yield* logs.entries).filter((entry) => entry.annotations["sturdy.event"] === "recovered")
           assert.strictEqual(recovered.length, 1)
-        }).pipe(Effect.provide(Layer.mergeAll(layer, logs.layer, TestClock.layer())), Effect.ensuring(Effect.orDie(server.start)))
-      }))
+        }).pipe(
+          Effect.provide(Layer.mergeAll(layer, logs.layer, TestClock.layer())),
+          Effect.ensuring(Effect.orDie(server.start))
+        )
+      })
+    )
 
     it.effect("(b) an idle pooled connection killed by pg_terminate_backend is invisible to the next caller", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const { applicationName, layer } = resilient(server, fast)
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           yield* sql`SELECT 1`
           assert.strictEqual(yield* server.terminateBackends(applicationName), 1)
           const rows = yield* sql<{ two: number }>`SELECT 2 AS two`
           assert.deepStrictEqual(rows, [{ two: 2 }])
         }).pipe(Effect.provide(layer))
-      }))
+      })
+    )
 
     it.effect("(c) a SELECT whose backend is killed mid-flight is retried and succeeds", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const { applicationName, layer } = resilient(server, fast)
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const call = yield* Effect.forkChild(sql<{ done: string }>`SELECT 'done' AS done FROM pg_sleep(0.5)`)
           const waited = yield* eventually(
@@ -118,53 +127,59 @@ describe("ResilientPg against a real server", () => {
           const stats = yield* (yield* ResilientPg.ResilientPg).stats
           assert.strictEqual(stats.retries, 1)
         }).pipe(Effect.provide(layer))
-      }))
+      })
+    )
 
-    it.effect("(d) an INSERT whose backend is killed after it was sent fails with OutcomeUnknown, at most one row", () =>
-      Effect.gen(function*() {
-        const server = yield* PgServer.PgServer
-        const table = `outcome_${randomUUID().replaceAll("-", "")}`
-        yield* server.admin.unsafe(`CREATE TABLE ${table} (id uuid PRIMARY KEY)`)
-        const { applicationName, layer } = resilient(server, fast)
-        const id = randomUUID()
-        const exit = yield* Effect.gen(function*() {
-          const sql = yield* SqlClient.SqlClient
-          const call = yield* Effect.forkChild(
-            Effect.exit(ResilientPg.unwrapFailures(
-              sql`INSERT INTO ${sql(table)} (id) SELECT ${id}::uuid FROM pg_sleep(0.5)`
-            ))
-          )
-          const waited = yield* eventually(
-            Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("INSERT"))),
-            5000
-          )
-          assert.isBelow(waited, 5000)
-          yield* server.terminateBackends(applicationName)
-          const exit = yield* Fiber.join(call)
-          const stats = yield* (yield* ResilientPg.ResilientPg).stats
-          assert.strictEqual(stats.attempts, 1)
-          assert.strictEqual(stats.outcomeUnknown, 1)
-          return exit
-        }).pipe(Effect.provide(layer))
-        const error = failureOf(exit) as PgFailure.OutcomeUnknown
-        assert.strictEqual(error._tag, "OutcomeUnknown")
-        assert.strictEqual(error.reason.phase, "sent")
-        const rows = yield* server.admin.unsafe<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)
-        assert.isAtMost(rows[0]!.n, 1)
-      }))
+    it.effect(
+      "(d) an INSERT whose backend is killed after it was sent fails with OutcomeUnknown, at most one row",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const table = `outcome_${randomUUID().replaceAll("-", "")}`
+          yield* server.admin.unsafe(`CREATE TABLE ${table} (id uuid PRIMARY KEY)`)
+          const { applicationName, layer } = resilient(server, fast)
+          const id = randomUUID()
+          const exit = yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const call = yield* Effect.forkChild(
+              Effect.exit(
+                ResilientPg.unwrapFailures(sql`INSERT INTO ${sql(table)} (id) SELECT ${id}::uuid FROM pg_sleep(0.5)`)
+              )
+            )
+            const waited = yield* eventually(
+              Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("INSERT"))),
+              5000
+            )
+            assert.isBelow(waited, 5000)
+            yield* server.terminateBackends(applicationName)
+            const exit = yield* Fiber.join(call)
+            const stats = yield* (yield* ResilientPg.ResilientPg).stats
+            assert.strictEqual(stats.attempts, 1)
+            assert.strictEqual(stats.outcomeUnknown, 1)
+            return exit
+          }).pipe(Effect.provide(layer))
+          const error = failureOf(exit) as PgFailure.OutcomeUnknown
+          assert.strictEqual(error._tag, "OutcomeUnknown")
+          assert.strictEqual(error.reason.phase, "sent")
+          const rows = yield* server.admin.unsafe<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)
+          assert.isAtMost(rows[0]!.n, 1)
+        })
+    )
 
     it.effect("(d) the same INSERT marked idempotent is retried and lands exactly once", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const table = `idem_${randomUUID().replaceAll("-", "")}`
         yield* server.admin.unsafe(`CREATE TABLE ${table} (id uuid PRIMARY KEY)`)
         const { applicationName, layer } = resilient(server, fast)
         const id = randomUUID()
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
-          const call = yield* Effect.forkChild(ResilientPg.idempotent(
-            sql`INSERT INTO ${sql(table)} (id) SELECT ${id}::uuid FROM pg_sleep(0.5) ON CONFLICT (id) DO NOTHING`
-          ))
+          const call = yield* Effect.forkChild(
+            ResilientPg.idempotent(
+              sql`INSERT INTO ${sql(table)} (id) SELECT ${id}::uuid FROM pg_sleep(0.5) ON CONFLICT (id) DO NOTHING`
+            )
+          )
           yield* eventually(
             Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("INSERT"))),
             5000
@@ -174,15 +189,16 @@ describe("ResilientPg against a real server", () => {
         }).pipe(Effect.provide(layer))
         const rows = yield* server.admin.unsafe<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)
         assert.strictEqual(rows[0]!.n, 1)
-      }))
+      })
+    )
 
     it.effect("(e) a syntax error and a unique violation are not retried: one attempt each", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const table = `unique_${randomUUID().replaceAll("-", "")}`
         yield* server.admin.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY)`)
         const { layer } = resilient(server, fast)
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const service = yield* ResilientPg.ResilientPg
           const syntax = failureOf(yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELEC 1 AS sturdy_marker`)))
@@ -196,67 +212,87 @@ describe("ResilientPg against a real server", () => {
         }).pipe(Effect.provide(layer))
         const log = yield* server.serverLog
         assert.strictEqual(log.filter((line) => line.includes("STATEMENT:  SELEC 1 AS sturdy_marker")).length, 1)
-      }))
+      })
+    )
 
-    it.effect("(f) SELECT pg_sleep(30) with a 200 ms attempt timeout fails typed, and the server stops running it", () =>
-      Effect.gen(function*() {
-        const server = yield* PgServer.PgServer
-        const { applicationName, layer } = resilient(server, { ...fast, attemptTimeout: "200 millis", retriesAfterFirst: 1 })
-        const started = yield* Clock.currentTimeMillis
-        const exit = yield* Effect.exit(
-          ResilientPg.unwrapFailures(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT pg_sleep(30)`)).pipe(
-            Effect.provide(layer)
+    it.effect(
+      "(f) SELECT pg_sleep(30) with a 200 ms attempt timeout fails typed, and the server stops running it",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const { applicationName, layer } = resilient(server, {
+            ...fast,
+            attemptTimeout: "200 millis",
+            retriesAfterFirst: 1
+          })
+          const started = yield* Clock.currentTimeMillis
+          const exit = yield* Effect.exit(
+            ResilientPg.unwrapFailures(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT pg_sleep(30)`)).pipe(
+              Effect.provide(layer)
+            )
           )
-        )
-        const elapsed = (yield* Clock.currentTimeMillis) - started
-        const error = failureOf(exit) as PgFailure.TransientError
-        assert.strictEqual(error._tag, "TransientError")
-        // Both deadlines are 200 ms: the client's (AttemptTimeout) or the server's statement_timeout (57014) wins.
-        assert.include(["AttemptTimeout", "StatementTimeout"], error.reason._tag)
-        assert.strictEqual(error.reason.phase, "sent")
-        assert.isBelow(elapsed, 10_000)
-        const untilInactive = yield* eventually(
-          Effect.map(server.activeQueries(applicationName), (queries) => queries.length === 0),
-          1000
-        )
-        assert.isAtMost(untilInactive, 1000)
-      }))
-
-    it.effect("(g) with the pool's only connection held, a statement fails with the typed timeout instead of hanging", () =>
-      Effect.gen(function*() {
-        const server = yield* PgServer.PgServer
-        const { layer } = resilient(server, {
-          ...fast,
-          maxConnections: 1,
-          attemptTimeout: "150 millis",
-          retriesAfterFirst: 2
+          const elapsed = (yield* Clock.currentTimeMillis) - started
+          const error = failureOf(exit) as PgFailure.TransientError
+          assert.strictEqual(error._tag, "TransientError")
+          // Both deadlines are 200 ms: the client's (AttemptTimeout) or the server's statement_timeout (57014) wins.
+          assert.include(["AttemptTimeout", "StatementTimeout"], error.reason._tag)
+          assert.strictEqual(error.reason.phase, "sent")
+          assert.isBelow(elapsed, 10_000)
+          const untilInactive = yield* eventually(
+            Effect.map(server.activeQueries(applicationName), (queries) => queries.length === 0),
+            1000
+          )
+          assert.isAtMost(untilInactive, 1000)
         })
-        const exit = yield* Effect.gen(function*() {
-          const sql = yield* SqlClient.SqlClient
-          const holder = yield* Effect.forkChild(sql.withTransaction(Effect.never))
-          yield* eventually(Effect.map((yield* ResilientPg.ResilientPg).stats, (s) => s.attempts >= 1), 5000)
-          const exit = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))
-          yield* Fiber.interrupt(holder)
-          return exit
-        }).pipe(Effect.provide(layer))
-        const error = failureOf(exit) as PgFailure.TransientError
-        assert.strictEqual(error.reason._tag, "AttemptTimeout")
-        assert.strictEqual(error.reason.phase, "connect")
-      }))
+    )
+
+    it.effect(
+      "(g) with the pool's only connection held, a statement fails with the typed timeout instead of hanging",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const { layer } = resilient(server, {
+            ...fast,
+            maxConnections: 1,
+            attemptTimeout: "150 millis",
+            retriesAfterFirst: 2
+          })
+          const exit = yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const holder = yield* Effect.forkChild(sql.withTransaction(Effect.never))
+            yield* eventually(
+              Effect.map((yield* ResilientPg.ResilientPg).stats, (s) => s.attempts >= 1),
+              5000
+            )
+            const exit = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))
+            yield* Fiber.interrupt(holder)
+            return exit
+          }).pipe(Effect.provide(layer))
+          const error = failureOf(exit) as PgFailure.TransientError
+          assert.strictEqual(error.reason._tag, "AttemptTimeout")
+          assert.strictEqual(error.reason.phase, "connect")
+        })
+    )
 
     it.effect("statements inside a transaction are not retried one by one", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const table = `tx_${randomUUID().replaceAll("-", "")}`
         yield* server.admin.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY)`)
         const { applicationName, layer } = resilient(server, fast)
-        const exit = yield* Effect.gen(function*() {
+        const exit = yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
-          const tx = yield* Effect.forkChild(Effect.exit(sql.withTransaction(Effect.gen(function*() {
-            yield* sql`INSERT INTO ${sql(table)} (id) VALUES (1)`
-            yield* sql`SELECT pg_sleep(0.5)`
-            yield* sql`INSERT INTO ${sql(table)} (id) VALUES (2)`
-          }))))
+          const tx = yield* Effect.forkChild(
+            Effect.exit(
+              sql.withTransaction(
+                Effect.gen(function* () {
+                  yield* sql`INSERT INTO ${sql(table)} (id) VALUES (1)`
+                  yield* sql`SELECT pg_sleep(0.5)`
+                  yield* sql`INSERT INTO ${sql(table)} (id) VALUES (2)`
+                })
+              )
+            )
+          )
           yield* eventually(
             Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("pg_sleep"))),
             5000
@@ -273,15 +309,16 @@ describe("ResilientPg against a real server", () => {
         assert.strictEqual(error.reason._tag, "ConnectionError")
         const rows = yield* server.admin.unsafe<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)
         assert.strictEqual(rows[0]!.n, 0)
-      }))
+      })
+    )
 
     it.effect("acquiring a transaction's connection goes through the retry", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const logs = yield* LogCapture.make
         const { layer } = resilient(server, { ...fast, backoffBase: "300 millis" })
         yield* server.stop
-        const rows = yield* Effect.gen(function*() {
+        const rows = yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const tx = yield* Effect.forkChild(sql.withTransaction(sql<{ one: number }>`SELECT 1 AS one`))
           yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
@@ -289,6 +326,7 @@ describe("ResilientPg against a real server", () => {
           return yield* Fiber.join(tx)
         }).pipe(Effect.provide(Layer.merge(layer, logs.layer)), Effect.ensuring(Effect.orDie(server.start)))
         assert.deepStrictEqual(rows, [{ one: 1 }])
-      }))
+      })
+    )
   })
 })

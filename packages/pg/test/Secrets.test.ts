@@ -21,7 +21,7 @@ const renderings = (exit: Exit.Exit<unknown, unknown>): ReadonlyArray<string> =>
 describe("no password in any log line or error", () => {
   layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
     it.effect("with the server down, through every policy, then with a wrong password and a malformed URL", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const password = Redacted.value(server.password)
         const url = Redacted.value(server.url)
@@ -29,7 +29,7 @@ describe("no password in any log line or error", () => {
         const logs = yield* LogCapture.make
         const rendered: Array<string> = []
         const run = (options: ResilientPg.Options | "from-env", env: Record<string, string> = {}) =>
-          Effect.gen(function*() {
+          Effect.gen(function* () {
             const sql = yield* SqlClient.SqlClient
             rendered.push(...renderings(yield* Effect.exit(sql`SELECT 1`)))
             rendered.push(...renderings(yield* Effect.exit(sql`INSERT INTO nowhere VALUES (1)`)))
@@ -64,6 +64,7 @@ describe("no password in any log line or error", () => {
           assert.notInclude(text, url)
         }
         assert.notInclude(ResilientPg.describeUrl(server.url), password)
-      }))
+      })
+    )
   })
 })

@@ -81,7 +81,7 @@ export const production: Profile = {
  * @since 0.1.0
  * @category profiles
  */
-export const byName = (name: Name): Profile => name === "production" ? production : development
+export const byName = (name: Name): Profile => (name === "production" ? production : development)
 
 /**
  * Overrides of a profile's values, as durations in any `Duration.Input` form.
@@ -127,7 +127,11 @@ export const override = (profile: Profile, overrides: Overrides, fn = "Profile.o
     backoffBase: positive(fn, "backoffBase", overrides.backoffBase ?? profile.backoffBase),
     backoffJitter: jitter,
     attemptTimeout: positive(fn, "attemptTimeout", overrides.attemptTimeout ?? profile.attemptTimeout),
-    healthCheckInterval: positive(fn, "healthCheckInterval", overrides.healthCheckInterval ?? profile.healthCheckInterval)
+    healthCheckInterval: positive(
+      fn,
+      "healthCheckInterval",
+      overrides.healthCheckInterval ?? profile.healthCheckInterval
+    )
   }
 }
 
@@ -135,8 +139,9 @@ const durationWhere = (key: string, rule: string, ok: (millis: number) => boolea
   Config.option(
     Config.schema(
       Schema.DurationFromString.check(
-        Schema.makeFilter((duration: Duration.Duration) =>
-          (Duration.isFinite(duration) && ok(Duration.toMillis(duration))) || `Expected ${rule}`
+        Schema.makeFilter(
+          (duration: Duration.Duration) =>
+            (Duration.isFinite(duration) && ok(Duration.toMillis(duration))) || `Expected ${rule}`
         )
       ),
       key
@@ -154,7 +159,10 @@ export const nameConfig: Config.Config<Name> = Config.all({
   nodeEnv: Config.option(Config.String("NODE_ENV"))
 }).pipe(
   Config.map(({ explicit, nodeEnv }) =>
-    Option.getOrElse(explicit, (): Name => Option.getOrUndefined(nodeEnv) === "production" ? "production" : "development")
+    Option.getOrElse(
+      explicit,
+      (): Name => (Option.getOrUndefined(nodeEnv) === "production" ? "production" : "development")
+    )
   )
 )
 
@@ -167,9 +175,7 @@ export const nameConfig: Config.Config<Name> = Config.all({
  */
 export const config: Config.Config<Profile> = Config.all({
   name: nameConfig,
-  retriesAfterFirst: Config.option(
-    Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), "STURDY_RETRIES")
-  ),
+  retriesAfterFirst: Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)), "STURDY_RETRIES")),
   backoffBase: durationWhere("STURDY_BACKOFF_BASE", "a positive duration", (ms) => ms > 0),
   backoffJitter: durationWhere("STURDY_BACKOFF_JITTER", "a duration >= 0", (ms) => ms >= 0),
   attemptTimeout: durationWhere("STURDY_ATTEMPT_TIMEOUT", "a positive duration", (ms) => ms > 0),

@@ -98,9 +98,10 @@ export class BrokenPipe extends Schema.TaggedError<BrokenPipe>()("BrokenPipe", r
  * @since 0.1.0
  * @category reasons
  */
-export class DnsTemporaryFailure
-  extends Schema.TaggedError<DnsTemporaryFailure>()("DnsTemporaryFailure", reasonFields)
-{
+export class DnsTemporaryFailure extends Schema.TaggedError<DnsTemporaryFailure>()(
+  "DnsTemporaryFailure",
+  reasonFields
+) {
   readonly isRetryable = true
 }
 

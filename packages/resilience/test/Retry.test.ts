@@ -24,13 +24,15 @@ const attemptTimes = (
   random: Random.Random,
   run: "lazy" | "Effect.retry" = "lazy"
 ) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const times: Array<number> = []
     const attempt = Effect.suspend(() => {
       const outcome = outcomes[times.length] ?? "retryable"
       return Effect.flatMap(Clock.currentTimeMillis, (now) => {
         times.push(now)
-        return outcome === "ok" ? Effect.succeed(times.length) : Effect.fail(new Boom({ retryable: outcome === "retryable" }))
+        return outcome === "ok"
+          ? Effect.succeed(times.length)
+          : Effect.fail(new Boom({ retryable: outcome === "retryable" }))
       })
     })
     const policy = Retry.schedule(options, (error: Boom) => error.retryable)
@@ -46,7 +48,7 @@ const gaps = (times: ReadonlyArray<number>) => times.slice(1).map((time, i) => t
 
 describe("Retry.backoff", () => {
   it.effect("development: 4 attempts, 1 s, 2 s, 4 s apart plus the jitter drawn", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const { times, exit } = yield* attemptTimes(
         Profile.backoffOptions(Profile.development),
         [],
@@ -54,16 +56,18 @@ describe("Retry.backoff", () => {
       )
       assert.isTrue(Exit.isFailure(exit))
       assert.deepStrictEqual(times, [0, 1250, 1250 + 2500, 1250 + 2500 + 4999])
-    }))
+    })
+  )
 
   it.effect("production: 6 attempts, 1, 2, 4, 8, 16 s apart plus the jitter drawn", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const { times } = yield* attemptTimes(Profile.backoffOptions(Profile.production), [], jitterSource([0]))
       assert.deepStrictEqual(gaps(times), [1000, 2000, 4000, 8000, 16000])
-    }))
+    })
+  )
 
   it.effect("with effect's default random source every gap lies within the jitter bounds", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       for (const profile of [Profile.development, Profile.production]) {
         const { times } = yield* attemptTimes(Profile.backoffOptions(profile), [], Random.Random.defaultValue())
         assert.strictEqual(times.length, profile.retriesAfterFirst + 1)
@@ -72,18 +76,22 @@ describe("Retry.backoff", () => {
           assert.isBelow(gap, 1000 * 2 ** n + 1000)
         })
       }
-    }))
+    })
+  )
 
   it.effect("a failure that is not retryable stops at once, attempts remaining or not", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const { times, exit } = yield* attemptTimes(
         Profile.backoffOptions(Profile.production),
         ["retryable", "fatal"],
         jitterSource([0])
       )
       assert.deepStrictEqual(times, [0, 1000])
-      assert.isTrue(Exit.isFailure(exit) && Exit.findErrorOption(exit).pipe((o) => o._tag === "Some" && !o.value.retryable))
-    }))
+      assert.isTrue(
+        Exit.isFailure(exit) && Exit.findErrorOption(exit).pipe((o) => o._tag === "Some" && !o.value.retryable)
+      )
+    })
+  )
 
   it("rejects invalid options with a message naming the function, the rule and the value", () => {
     assert.throws(

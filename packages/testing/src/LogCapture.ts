@@ -50,7 +50,7 @@ export interface LogCapture {
  * @since 0.1.0
  * @category constructors
  */
-export const make: Effect.Effect<LogCapture> = Effect.gen(function*() {
+export const make: Effect.Effect<LogCapture> = Effect.gen(function* () {
   const entries: Array<Entry> = []
   const queue = yield* Queue.unbounded<Entry>()
   const logger = Logger.map(Logger.formatStructured, (entry) => {
@@ -64,7 +64,7 @@ export const make: Effect.Effect<LogCapture> = Effect.gen(function*() {
     Queue.offerUnsafe(queue, captured)
   })
   const waitFor = (predicate: (entry: Entry) => boolean): Effect.Effect<Entry> =>
-    Effect.flatMap(Queue.take(queue), (entry) => predicate(entry) ? Effect.succeed(entry) : waitFor(predicate))
+    Effect.flatMap(Queue.take(queue), (entry) => (predicate(entry) ? Effect.succeed(entry) : waitFor(predicate)))
   return {
     layer: Logger.layer([logger]),
     entries: Effect.sync(() => entries.slice()),

@@ -96,7 +96,8 @@ const logLines = 2000
 const freePort = Effect.callback<number, PgServerError>((resume) => {
   const server = Net.createServer()
   server.once("error", (cause) =>
-    resume(Effect.fail(new PgServerError({ operation: "start", message: `no free port: ${cause.message}` }))))
+    resume(Effect.fail(new PgServerError({ operation: "start", message: `no free port: ${cause.message}` })))
+  )
   server.listen(0, "127.0.0.1", () => {
     const address = server.address()
     const port = typeof address === "object" && address !== null ? address.port : 0
@@ -157,7 +158,7 @@ const adminHelpers = (admin: PgClient.PgClient) => ({
  * @category constructors
  */
 export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlError, Scope.Scope> = Effect.gen(
-  function*() {
+  function* () {
     const log: Array<string> = []
     const onLog = (message: unknown) => {
       for (const line of String(message).split("\n")) {
@@ -193,31 +194,62 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
       createPostgresUser: true,
       initdbFlags: ["--no-sync"],
       postgresFlags: [
-        "-c", "listen_addresses=127.0.0.1",
-        "-c", "unix_socket_directories=",
-        "-c", "fsync=off",
-        "-c", "synchronous_commit=off",
-        "-c", "full_page_writes=off",
-        "-c", "max_connections=200",
-        "-c", "log_min_error_statement=error"
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "log_min_error_statement=error"
       ],
       onLog,
       onError: onLog
     })
     const lock = Semaphore.makeUnsafe(1)
     let running = false
-    const start = lock.withPermit(Effect.suspend(() =>
-      running ? Effect.void : Effect.tryPromise({
-        try: () => server.start(),
-        catch: (cause) => new PgServerError({ operation: "start", message: `${describe(cause)}; last log lines: ${log.slice(-5).join(" | ")}` })
-      }).pipe(Effect.tap(() => Effect.sync(() => { running = true })))
-    ))
-    const stop = lock.withPermit(Effect.suspend(() =>
-      !running ? Effect.void : Effect.tryPromise({
-        try: () => server.stop(),
-        catch: (cause) => new PgServerError({ operation: "stop", message: describe(cause) })
-      }).pipe(Effect.tap(() => Effect.sync(() => { running = false })))
-    ))
+    const start = lock.withPermit(
+      Effect.suspend(() =>
+        running
+          ? Effect.void
+          : Effect.tryPromise({
+              try: () => server.start(),
+              catch: (cause) =>
+                new PgServerError({
+                  operation: "start",
+                  message: `${describe(cause)}; last log lines: ${log.slice(-5).join(" | ")}`
+                })
+            }).pipe(
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  running = true
+                })
+              )
+            )
+      )
+    )
+    const stop = lock.withPermit(
+      Effect.suspend(() =>
+        !running
+          ? Effect.void
+          : Effect.tryPromise({
+              try: () => server.stop(),
+              catch: (cause) => new PgServerError({ operation: "stop", message: describe(cause) })
+            }).pipe(
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  running = false
+                })
+              )
+            )
+      )
+    )
     yield* Effect.tryPromise({
       try: () => server.initialise(),
       catch: (cause) => new PgServerError({ operation: "initialise", message: describe(cause) })
@@ -243,8 +275,10 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
   }
 )
 
-const fromUrl = (url: Redacted.Redacted<string>): Effect.Effect<PgServerService, PgServerError | SqlError, Scope.Scope> =>
-  Effect.gen(function*() {
+const fromUrl = (
+  url: Redacted.Redacted<string>
+): Effect.Effect<PgServerService, PgServerError | SqlError, Scope.Scope> =>
+  Effect.gen(function* () {
     const parsed = yield* Effect.try({
       try: () => new URL(Redacted.value(url)),
       catch: () => new PgServerError({ operation: "control", message: "DATABASE_URL is not a valid URL" })

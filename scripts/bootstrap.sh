@@ -1,0 +1,46 @@
+# Brings what Sturdy needs when the machine lacks it: Node.js >= 22.19 and the
+# pinned pnpm, both from the npm registry (a machine with Node 20 and npm is
+# enough). Source it, so the PATH it sets stays in your shell:
+#
+#   source scripts/bootstrap.sh
+#
+# Tools go to $STURDY_TOOLS (default ~/.local/share/sturdy-tools) and are reused.
+# shellcheck shell=bash
+
+sturdy_bootstrap() {
+  local tools="${STURDY_TOOLS:-$HOME/.local/share/sturdy-tools}"
+  local pnpm_version
+  pnpm_version="$(sed -n 's/.*"packageManager": *"pnpm@\([^"]*\)".*/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../package.json")"
+  # The npm-packaged node trusts only its bundled CAs; the registry may sit behind the system's.
+  if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+  fi
+
+  node_ok() {
+    command -v node >/dev/null 2>&1 &&
+      node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>22||(a===22&&b>=19)?0:1)'
+  }
+  if ! node_ok && [ -x "$tools/node/node_modules/node/bin/node" ]; then
+    export PATH="$tools/node/node_modules/node/bin:$PATH"
+  fi
+  if ! node_ok; then
+    echo "bootstrap: Node $(node --version 2>/dev/null || echo 'not found') is older than 22.19; installing Node 24 into $tools/node" >&2
+    mkdir -p "$tools/node"
+    npm install --prefix "$tools/node" --no-audit --no-fund --loglevel=error node@24 >&2 || return 1
+    export PATH="$tools/node/node_modules/node/bin:$PATH"
+    node_ok || { echo "bootstrap: could not bring Node >= 22.19" >&2; return 1; }
+  fi
+
+  if [ -x "$tools/pnpm-$pnpm_version/node_modules/.bin/pnpm" ]; then
+    export PATH="$tools/pnpm-$pnpm_version/node_modules/.bin:$PATH"
+  fi
+  if [ "$(pnpm --version 2>/dev/null)" != "$pnpm_version" ]; then
+    echo "bootstrap: installing pnpm $pnpm_version into $tools/pnpm-$pnpm_version" >&2
+    mkdir -p "$tools/pnpm-$pnpm_version"
+    npm install --prefix "$tools/pnpm-$pnpm_version" --no-audit --no-fund --loglevel=error "pnpm@$pnpm_version" >&2 || return 1
+    export PATH="$tools/pnpm-$pnpm_version/node_modules/.bin:$PATH"
+  fi
+  echo "bootstrap: node $(node --version), pnpm $(pnpm --version)" >&2
+}
+
+sturdy_bootstrap
