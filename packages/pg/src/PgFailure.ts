@@ -44,7 +44,7 @@
  *
  * @since 0.1.0
  */
-import { Transient } from "@sturdy/resilience"
+import { type Breaker, Transient } from "@sturdy/resilience"
 import { Predicate, Schema } from "effect"
 import {
   ConnectionError as ConnectionErrorReason,
@@ -279,14 +279,16 @@ export const classify = (
  * @since 0.1.0
  * @category models
  */
-export type PolicyFailure = TransientError | OutcomeUnknown
+export type PolicyFailure = TransientError | OutcomeUnknown | Breaker.CircuitOpen
 
 /**
  * @since 0.1.0
  * @category guards
  */
 export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
-  Predicate.isTagged(u, "TransientError") || Predicate.isTagged(u, "OutcomeUnknown")
+  Predicate.isTagged(u, "TransientError") ||
+  Predicate.isTagged(u, "OutcomeUnknown") ||
+  Predicate.isTagged(u, "CircuitOpen")
 
 /**
  * Wraps a policy failure in the `SqlError` that `SqlClient`'s statements are
@@ -294,9 +296,10 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
  * `cause` of the reason is the policy failure; `ResilientPg.unwrapFailures`
  * moves it back into the error channel.
  *
- * A transient failure becomes a `ConnectionError` (retryable), an unknown
- * outcome an `UnknownError` (not retryable: a generic retry on
- * `isRetryable` must not duplicate the write Sturdy declined to retry).
+ * A transient failure and a rejection by the open circuit become a
+ * `ConnectionError` (retryable, later), an unknown outcome an `UnknownError`
+ * (not retryable: a generic retry on `isRetryable` must not duplicate the
+ * write Sturdy declined to retry).
  *
  * @since 0.1.0
  * @category conversions

@@ -57,10 +57,24 @@
  * @since 0.1.0
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
-import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
-import { Profile, Retry, Transient } from "@sturdy/resilience"
-import { Config, Context, Duration, Effect, Layer, Option, Predicate, Redacted, Schedule, Schema, Stream } from "effect"
+import { Breaker, DatabaseMetrics, HealthMonitor, Profile, Retry, Transient } from "@sturdy/resilience"
+import {
+  Config,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Option,
+  Predicate,
+  Redacted,
+  Schedule,
+  Schema,
+  Stream
+} from "effect"
+import * as Net from "node:net"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
@@ -89,6 +103,12 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
    * every statement, as the seed did, at the risk of running a write twice.
    */
   readonly sentPhaseRetry?: "safe" | "always" | undefined
+  /**
+   * What to do when the database is down at start-up: `"degraded"` (default)
+   * builds the layer and keeps probing; `"fail"` fails it with
+   * `StartupHealthCheckFailed`.
+   */
+  readonly healthOnStartup?: "degraded" | "fail" | undefined
 }
 
 /**
@@ -110,6 +130,8 @@ export interface Stats {
   readonly failed: number
   /** Calls that failed with `OutcomeUnknown`. */
   readonly outcomeUnknown: number
+  /** Attempts the open circuit rejected. */
+  readonly rejections: number
 }
 
 /**
@@ -118,7 +140,12 @@ export interface Stats {
  */
 export interface Service {
   readonly profile: Profile.Profile
+  /** The breaker's key for this database: `host:port/database`. */
+  readonly key: string
   readonly stats: Effect.Effect<Stats>
+  readonly breakerState: Effect.Effect<Breaker.State>
+  readonly transitions: Stream.Stream<Breaker.Transition>
+  readonly pool: Effect.Effect<DatabaseMetrics.PoolStats>
 }
 
 /**
@@ -300,7 +327,73 @@ const statementTimeoutMillis = (options: Options, profile: Profile.Profile): num
 }
 
 /**
- * Builds the resilient client and its service; the pool closes with the scope.
+ * Where the pool's TCP connections go, when the client can open them itself
+ * to count them (plain host and port, no custom stream, no unix socket, no
+ * keepalive settings to reproduce).
+ */
+const tcpTarget = (options: Options): { readonly host: string; readonly port: number } | undefined => {
+  if (options.stream !== undefined || options.path !== undefined || options.keepAlive !== undefined) return undefined
+  let host = options.host
+  let port = options.port
+  if (options.url !== undefined) {
+    const url = new URL(Redacted.value(options.url))
+    if (url.searchParams.has("host") || url.searchParams.has("port") || url.hostname.includes(",")) return undefined
+    host ??= decodeURIComponent(url.hostname.replace(/^\[(.*)\]$/, "$1")) || undefined
+    port ??= url.port === "" ? undefined : Number(url.port)
+  }
+  host ??= "localhost"
+  if (host.startsWith("/")) return undefined
+  return { host, port: port ?? 5432 }
+}
+
+/** The breaker's key: one circuit per database, never the credentials. */
+const databaseKey = (options: Options): string => {
+  let host = options.host
+  let port = options.port
+  let database = options.database
+  if (options.url !== undefined) {
+    const url = new URL(Redacted.value(options.url))
+    host ??= url.hostname || url.searchParams.get("host") || undefined
+    port ??= url.port === "" ? undefined : Number(url.port)
+    database ??= decodeURIComponent(url.pathname.slice(1)) || undefined
+  }
+  return `${host ?? "localhost"}:${port ?? 5432}/${database ?? options.username ?? "postgres"}`
+}
+
+const transitionLog = (transition: Breaker.Transition) => {
+  const annotations = {
+    "sturdy.event": "breaker",
+    "sturdy.from": transition.from,
+    "sturdy.to": transition.to,
+    ...(transition.to === "Open"
+      ? {
+          "sturdy.retryAfterMillis": Duration.toMillis(transition.retryAfter),
+          "sturdy.consecutiveOpenings": transition.consecutiveOpenings
+        }
+      : {})
+  }
+  const log =
+    transition.to === "Open"
+      ? Effect.logError(
+          transition.from === "Closed"
+            ? `Circuit breaker opened: calls fail fast for ${Duration.format(transition.retryAfter)}`
+            : `Circuit breaker reopened: the probe failed; calls fail fast for ${Duration.format(transition.retryAfter)}`
+        )
+      : transition.to === "HalfOpen"
+        ? Effect.logWarning("Circuit breaker half-open: one probe goes through")
+        : Effect.logInfo("Circuit breaker closed: the probe succeeded")
+  return Effect.annotateLogs(log, annotations)
+}
+
+/**
+ * Builds the resilient client and its services; the pool, the health monitor
+ * and the metrics registrations end with the scope.
+ *
+ * **Details**
+ *
+ * A `Breaker` in context (for example `Breaker.layerStore`, to share state
+ * across processes) is used when present; otherwise an in-process breaker
+ * with the profile's policy is built.
  *
  * **Gotchas**
  *
@@ -313,11 +406,7 @@ const statementTimeoutMillis = (options: Options, profile: Profile.Profile): num
  */
 export const make = Effect.fnUntraced(function* (
   options: Options
-): Effect.fn.Return<
-  { readonly client: PgClient.PgClient; readonly service: Service },
-  SqlError,
-  Scope.Scope | Reactivity.Reactivity
-> {
+): Effect.fn.Return<Built, SqlError | HealthMonitor.StartupHealthCheckFailed, Scope.Scope | Reactivity.Reactivity> {
   const profile = validateOptions(options)
   if (options.url !== undefined && !isPostgresUrl(Redacted.value(options.url))) {
     // The driver would report this with the parser's error, whose `input` is the whole URL, password included.
@@ -333,19 +422,66 @@ export const make = Effect.fnUntraced(function* (
   }
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
   const statementTimeout = statementTimeoutMillis(options, profile)
+  const key = databaseKey(options)
+  const maxConnections = options.maxConnections ?? 10
+
+  yield* Effect.logInfo("Initializing the resilient PostgreSQL client").pipe(
+    Effect.annotateLogs({
+      "sturdy.event": "configuration",
+      "sturdy.database": key,
+      "sturdy.profile": profile.name,
+      "sturdy.environment": process.env.NODE_ENV ?? "(NODE_ENV unset)",
+      "sturdy.retriesAfterFirst": profile.retriesAfterFirst,
+      "sturdy.backoff": `${Duration.format(profile.backoffBase)} x 2^n + [0, ${Duration.format(profile.backoffJitter)})`,
+      "sturdy.attemptTimeout": Duration.format(profile.attemptTimeout),
+      "sturdy.statementTimeout": statementTimeout === undefined ? "off" : `${statementTimeout} ms`,
+      "sturdy.healthCheckInterval": Duration.format(profile.healthCheckInterval),
+      "sturdy.breaker": `opens after ${profile.breakerFailures} failed attempts`,
+      "sturdy.sentPhaseRetry": sentPhaseRetry
+    })
+  )
+
+  // Counting the pool's sockets is the only way to know how many connections it holds.
+  const target = tcpTarget(options)
+  let openSockets = 0
   const pool = yield* PgPool.make({
     ...options,
+    ...(target !== undefined && {
+      stream: () => {
+        const socket = Net.connect({ host: target.host, port: target.port, noDelay: true })
+        openSockets++
+        socket.once("close", () => openSockets--)
+        return socket
+      }
+    }),
     startupParameters:
       statementTimeout === undefined
         ? options.startupParameters
         : { statement_timeout: String(statementTimeout), ...options.startupParameters }
   })
+  yield* Effect.logInfo("Connection pool ready").pipe(
+    Effect.annotateLogs({
+      "sturdy.event": "pool",
+      "sturdy.maxConnections": maxConnections,
+      "sturdy.multiplex": options.multiplex === true
+    })
+  )
 
-  const stats = { statements: 0, attempts: 0, retries: 0, timeouts: 0, failed: 0, outcomeUnknown: 0 }
+  const breaker =
+    Option.getOrUndefined(yield* Effect.serviceOption(Breaker.Breaker)) ??
+    (yield* Breaker.make({
+      tripPolicy: Breaker.consecutive(profile.breakerFailures),
+      openDuration: profile.breakerOpenDuration
+    }))
+  yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
+
+  const recorder = new DatabaseMetrics.Recorder()
+  let inUse = 0
+  let waiting = 0
   const attemptTimeout = profile.attemptTimeout
   const timedOut = (call: Call) =>
     Effect.suspend(() => {
-      stats.timeouts++
+      recorder.timeouts++
       return Effect.fail(
         new Transient.AttemptTimeout({ phase: call.sent ? "sent" : "connect", timeout: attemptTimeout })
       )
@@ -356,7 +492,7 @@ export const make = Effect.fnUntraced(function* (
     error: E | Transient.AttemptTimeout,
     call: Call,
     idempotency: typeof Idempotency.Service
-  ): E | PgFailure.PolicyFailure => {
+  ): E | PgFailure.TransientError | PgFailure.OutcomeUnknown => {
     const reason = Predicate.isTagged(error, "AttemptTimeout")
       ? (error as Transient.AttemptTimeout)
       : isSqlError(error)
@@ -372,6 +508,21 @@ export const make = Effect.fnUntraced(function* (
       return new PgFailure.TransientError({ reason })
     }
     return new PgFailure.OutcomeUnknown({ reason })
+  }
+
+  /** Infrastructure failures count against the breaker; an answer from the server, even an error, is a success. */
+  const breakerOutcome = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome => {
+    if (Exit.isSuccess(exit)) {
+      recorder.consecutiveFailures = 0
+      return "Success"
+    }
+    const error = Exit.findErrorOption(exit)
+    if (error._tag === "Some" && (isTransientError(error.value) || Predicate.isTagged(error.value, "OutcomeUnknown"))) {
+      recorder.consecutiveFailures++
+      return "Failure"
+    }
+    if (error._tag === "Some") recorder.consecutiveFailures = 0
+    return error._tag === "Some" ? "Success" : "Ignored"
   }
 
   const policy = Retry.schedule(Profile.backoffOptions(profile), isTransientError).pipe(
@@ -399,53 +550,101 @@ export const make = Effect.fnUntraced(function* (
     )
 
   const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
-    if (failure._tag === "OutcomeUnknown") stats.outcomeUnknown++
-    return Effect.logError("A database call failed").pipe(
-      Effect.annotateLogs({
-        "sturdy.event": "failed",
-        "sturdy.operation": operation,
-        "sturdy.error": failure._tag,
-        "sturdy.reason": failure.reason._tag,
-        "sturdy.attempts": call.attempts
-      }),
-      Effect.andThen(Effect.fail(PgFailure.toSqlError(failure, operation)))
-    )
+    if (failure._tag === "OutcomeUnknown") recorder.outcomeUnknown++
+    const annotations = {
+      "sturdy.event": "failed",
+      "sturdy.operation": operation,
+      "sturdy.error": failure._tag,
+      "sturdy.reason": failure._tag === "CircuitOpen" ? "CircuitOpen" : failure.reason._tag,
+      "sturdy.attempts": call.attempts
+    }
+    // A rejection is the breaker doing its job, possibly thousands of times a second: not an error line each.
+    const log =
+      failure._tag === "CircuitOpen"
+        ? Effect.logDebug("A database call was rejected by the open circuit")
+        : Effect.logError("A database call failed")
+    return Effect.andThen(Effect.annotateLogs(log, annotations), Effect.fail(PgFailure.toSqlError(failure, operation)))
   }
 
-  /** Runs attempts under the retry; the success path pays for one `Effect.catch`. */
+  /**
+   * One attempt under the breaker: admission, then the attempt timeout around
+   * acquiring and executing, then the classification the retry reads.
+   */
+  const guarded = <A, E, R>(call: Call, run: Effect.Effect<A, E, R>) =>
+    Effect.catch(
+      breaker.execute(
+        key,
+        Effect.catch(
+          Effect.timeoutOrElse(
+            Effect.suspend(() => {
+              recorder.attempts++
+              if (++call.attempts > 1) recorder.retries++
+              call.sent = false
+              return run
+            }),
+            { duration: attemptTimeout, orElse: () => timedOut(call) }
+          ),
+          (error) => Effect.withFiber((fiber) => Effect.fail(decide<E>(error, call, fiber.getRef(Idempotency))))
+        ),
+        breakerOutcome
+      ),
+      (error): Effect.Effect<never, E | PgFailure.PolicyFailure> => {
+        if (Predicate.isTagged(error, "CircuitOpen")) recorder.rejections++
+        return Effect.fail(error as E | PgFailure.PolicyFailure)
+      }
+    )
+
+  /** The retry around guarded attempts; the success path pays for no schedule. */
   const withPolicies = <A, E, R>(
     call: Call,
     operation: string,
-    attempt: Effect.Effect<A, E | Transient.AttemptTimeout, R>
+    attempt: Effect.Effect<A, E | PgFailure.PolicyFailure, R>,
+    counted: boolean
   ): Effect.Effect<A, Exclude<E, Transient.AttemptTimeout> | SqlError, R> => {
-    const classified: Effect.Effect<A, E | PgFailure.PolicyFailure, R> = Effect.catch(attempt, (error) =>
-      Effect.withFiber((fiber) => Effect.fail(decide<E>(error, call, fiber.getRef(Idempotency))))
-    )
-    return Retry.retryOnFailure(classified, policy).pipe(
-      Effect.tap(() => (call.attempts > 1 ? recovered(operation, call) : Effect.void)),
-      Effect.catch((error): Effect.Effect<never, Exclude<E, Transient.AttemptTimeout> | SqlError> => {
-        stats.failed++
-        return PgFailure.isPolicyFailure(error)
-          ? surface(operation, call, error)
-          : Effect.fail(error as Exclude<E, Transient.AttemptTimeout>)
+    const started = performance.now()
+    return Retry.retryOnFailure(attempt, policy).pipe(
+      Effect.matchEffect({
+        onSuccess: (value) => {
+          if (counted) recorder.latency.record(performance.now() - started)
+          return call.attempts > 1 ? Effect.as(recovered(operation, call), value) : Effect.succeed(value)
+        },
+        onFailure: (error): Effect.Effect<never, Exclude<E, Transient.AttemptTimeout> | SqlError> => {
+          if (counted) {
+            recorder.failed++
+            recorder.latency.record(performance.now() - started)
+          }
+          return PgFailure.isPolicyFailure(error)
+            ? surface(operation, call, error)
+            : Effect.fail(error as Exclude<E, Transient.AttemptTimeout>)
+        }
       })
     )
   }
 
   const borrower: Borrower = (f) =>
     Effect.suspend(() => {
-      stats.statements++
+      recorder.statements++
       const call = new Call()
-      const attempt = Effect.suspend(() => {
-        stats.attempts++
-        if (++call.attempts > 1) stats.retries++
-        call.sent = false
-        return pool.use((connection) => {
-          call.sent = true
-          return f(new SqlConnection(connection, call))
-        })
-      }).pipe(Effect.timeoutOrElse({ duration: attemptTimeout, orElse: () => timedOut(call) }))
-      return withPolicies(call, "execute", attempt)
+      const attempt = guarded(
+        call,
+        Effect.onExit(
+          Effect.suspend(() => {
+            waiting++
+            return pool.use((connection) => {
+              waiting--
+              inUse++
+              call.sent = true
+              return f(new SqlConnection(connection, call))
+            })
+          }),
+          () =>
+            Effect.sync(() => {
+              if (call.sent) inUse--
+              else waiting--
+            })
+        )
+      )
+      return withPolicies(call, "execute", attempt, true)
     })
 
   /** Acquiring a connection that outlives one statement: nothing is sent, so every transient failure is retried. */
@@ -455,12 +654,20 @@ export const make = Effect.fnUntraced(function* (
   ): Effect.Effect<A, SqlError, Scope.Scope> =>
     Effect.suspend(() => {
       const call = new Call()
-      const attempt = Effect.suspend(() => {
-        stats.attempts++
-        if (++call.attempts > 1) stats.retries++
-        return acquire
-      }).pipe(Effect.timeoutOrElse({ duration: attemptTimeout, orElse: () => timedOut(call) }))
-      return withPolicies(call, operation, attempt)
+      const counted = Effect.acquireRelease(
+        Effect.onExit(
+          Effect.suspend(() => {
+            waiting++
+            return acquire
+          }),
+          () => Effect.sync(() => waiting--)
+        ),
+        () =>
+          Effect.sync(() => {
+            inUse--
+          })
+      ).pipe(Effect.tap(() => Effect.sync(() => inUse++)))
+      return withPolicies(call, operation, guarded(call, counted), false)
     })
 
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
@@ -499,27 +706,109 @@ export const make = Effect.fnUntraced(function* (
     notify: (channel: string, payload: string) => Effect.asVoid(client`SELECT pg_notify(${channel}, ${payload})`.raw)
   })
 
+  // The probe has a connection of its own: never through the breaker, never behind a saturated pool.
+  const health = yield* HealthMonitor.make({
+    probe: Effect.scoped(
+      Effect.flatMap(
+        PgConnection.make({
+          ...options,
+          applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
+          connectTimeout: profile.healthCheckTimeout
+        }),
+        (connection) => connection.query("SELECT 1")
+      )
+    ),
+    interval: profile.healthCheckInterval,
+    timeout: profile.healthCheckTimeout,
+    onStartup: options.healthOnStartup ?? "degraded",
+    describe: (error) => {
+      const reason = PgFailure.classify(error)
+      return reason === undefined ? `${error.reason._tag}: ${error.message}` : `${reason._tag}: ${reason.message}`
+    }
+  })
+
+  const pool_ = (): DatabaseMetrics.PoolStats => ({
+    max: maxConnections,
+    open: target === undefined ? undefined : openSockets,
+    inUse,
+    idle: target === undefined ? undefined : Math.max(0, openSockets - inUse),
+    waiting
+  })
+  const metrics = yield* DatabaseMetrics.make({
+    recorder,
+    breakerState: breaker.state(key),
+    transitions: breaker.transitions,
+    lastHealthCheck: health.lastHealthCheck,
+    healthChanges: health.changes,
+    pool: pool_
+  })
+
   return {
     client: pgClient,
+    health,
+    metrics,
     service: {
       profile,
-      stats: Effect.sync((): Stats => ({ ...stats }))
+      key,
+      stats: Effect.sync(
+        (): Stats => ({
+          statements: recorder.statements,
+          attempts: recorder.attempts,
+          retries: recorder.retries,
+          timeouts: recorder.timeouts,
+          failed: recorder.failed,
+          outcomeUnknown: recorder.outcomeUnknown,
+          rejections: recorder.rejections
+        })
+      ),
+      breakerState: breaker.state(key),
+      transitions: breaker.transitions,
+      pool: Effect.sync(pool_)
     }
   }
 })
 
 /**
- * The resilient client as a layer: `SqlClient`, `PgClient` and `ResilientPg`.
+ * What `make` builds.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Built {
+  readonly client: PgClient.PgClient
+  readonly service: Service
+  readonly health: HealthMonitor.Service
+  readonly metrics: DatabaseMetrics.Service
+}
+
+/**
+ * Everything the resilient client layer provides.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | ResilientPg, SqlError> =>
+export type Provided =
+  | PgClient.PgClient
+  | SqlClient.SqlClient
+  | ResilientPg
+  | HealthMonitor.HealthMonitor
+  | DatabaseMetrics.DatabaseMetrics
+
+/**
+ * The resilient client as a layer: `SqlClient`, `PgClient`, `ResilientPg`,
+ * `HealthMonitor` and `DatabaseMetrics`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed> =>
   Layer.effectContext(
-    Effect.map(make(options), ({ client, service }) =>
-      Context.make(PgClient.PgClient, client).pipe(
-        Context.add(SqlClient.SqlClient, client),
-        Context.add(ResilientPg, service)
+    Effect.map(make(options), (built) =>
+      Context.make(PgClient.PgClient, built.client).pipe(
+        Context.add(SqlClient.SqlClient, built.client),
+        Context.add(ResilientPg, built.service),
+        Context.add(HealthMonitor.HealthMonitor, built.health),
+        Context.add(DatabaseMetrics.DatabaseMetrics, built.metrics)
       )
     )
   ).pipe(Layer.provide(Reactivity.layer))
@@ -551,10 +840,11 @@ export const config: Config.Config<Options> = Config.all({
   url: databaseUrl,
   profile: Profile.config,
   maxConnections: Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")),
-  sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY"))
+  sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
+  healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP"))
 }).pipe(
   Config.map(
-    ({ url, profile, maxConnections, sentPhaseRetry }): Options => ({
+    ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup }): Options => ({
       url,
       profile: profile.name,
       retriesAfterFirst: profile.retriesAfterFirst,
@@ -562,8 +852,12 @@ export const config: Config.Config<Options> = Config.all({
       backoffJitter: profile.backoffJitter,
       attemptTimeout: profile.attemptTimeout,
       healthCheckInterval: profile.healthCheckInterval,
+      healthCheckTimeout: profile.healthCheckTimeout,
+      breakerFailures: profile.breakerFailures,
+      breakerOpenDuration: profile.breakerOpenDuration,
       maxConnections: Option.getOrUndefined(maxConnections),
-      sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry)
+      sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
+      healthOnStartup: Option.getOrUndefined(healthOnStartup)
     })
   )
 )
@@ -577,7 +871,7 @@ export const config: Config.Config<Options> = Config.all({
  */
 export const layerConfig = (
   options?: Options
-): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | ResilientPg, SqlError | Config.ConfigError> =>
+): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Config.ConfigError> =>
   Layer.unwrap(Effect.map(config, (fromEnv) => layer(dropUndefined({ ...fromEnv, ...dropUndefined(options ?? {}) }))))
 
 const dropUndefined = <A extends object>(options: A): A =>

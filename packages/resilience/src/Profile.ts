@@ -11,6 +11,9 @@
  * | additive jitter, uniform in [0, x) | 1 s | 1 s | `STURDY_BACKOFF_JITTER` |
  * | attempt timeout | 10 s | 30 s | `STURDY_ATTEMPT_TIMEOUT` |
  * | health check interval | 30 s | 60 s | `STURDY_HEALTH_CHECK_INTERVAL` |
+ * | health check timeout | 5 s | 5 s | `STURDY_HEALTH_CHECK_TIMEOUT` |
+ * | breaker: consecutive failed attempts that open it | 5 | 5 | `STURDY_BREAKER_FAILURES` |
+ * | breaker: open duration | 60 s | 60 s | `STURDY_BREAKER_OPEN_DURATION` |
  *
  * The profile is `STURDY_PROFILE` when set (`development` or `production`,
  * anything else is an error), otherwise `production` when `NODE_ENV` is
@@ -25,7 +28,7 @@
  *
  * @since 0.1.0
  */
-import { Config, Duration, Option, Schema } from "effect"
+import { Config, Duration, Option, Schedule, Schema } from "effect"
 
 /**
  * @since 0.1.0
@@ -49,6 +52,12 @@ export interface Profile {
   readonly attemptTimeout: Duration.Duration
   /** Interval between health probes. */
   readonly healthCheckInterval: Duration.Duration
+  /** Bound on one health probe. */
+  readonly healthCheckTimeout: Duration.Duration
+  /** Consecutive failed attempts that open the circuit breaker. */
+  readonly breakerFailures: number
+  /** How long the breaker stays open: a duration, or a schedule over consecutive openings. */
+  readonly breakerOpenDuration: Duration.Duration | Schedule.Schedule<unknown, number>
 }
 
 /**
@@ -61,7 +70,10 @@ export const development: Profile = {
   backoffBase: Duration.seconds(1),
   backoffJitter: Duration.seconds(1),
   attemptTimeout: Duration.seconds(10),
-  healthCheckInterval: Duration.seconds(30)
+  healthCheckInterval: Duration.seconds(30),
+  healthCheckTimeout: Duration.seconds(5),
+  breakerFailures: 5,
+  breakerOpenDuration: Duration.seconds(60)
 }
 
 /**
@@ -74,7 +86,10 @@ export const production: Profile = {
   backoffBase: Duration.seconds(1),
   backoffJitter: Duration.seconds(1),
   attemptTimeout: Duration.seconds(30),
-  healthCheckInterval: Duration.seconds(60)
+  healthCheckInterval: Duration.seconds(60),
+  healthCheckTimeout: Duration.seconds(5),
+  breakerFailures: 5,
+  breakerOpenDuration: Duration.seconds(60)
 }
 
 /**
@@ -95,6 +110,9 @@ export interface Overrides {
   readonly backoffJitter?: Duration.Input | undefined
   readonly attemptTimeout?: Duration.Input | undefined
   readonly healthCheckInterval?: Duration.Input | undefined
+  readonly healthCheckTimeout?: Duration.Input | undefined
+  readonly breakerFailures?: number | undefined
+  readonly breakerOpenDuration?: Duration.Input | Schedule.Schedule<unknown, number> | undefined
 }
 
 const positive = (fn: string, key: string, input: Duration.Input): Duration.Duration => {
@@ -121,6 +139,11 @@ export const override = (profile: Profile, overrides: Overrides, fn = "Profile.o
   if (!Duration.isFinite(jitter) || Duration.toMillis(jitter) < 0) {
     throw new RangeError(`${fn}: backoffJitter must be a finite duration >= 0, got ${Duration.format(jitter)}`)
   }
+  const breakerFailures = overrides.breakerFailures ?? profile.breakerFailures
+  if (!Number.isInteger(breakerFailures) || breakerFailures < 1) {
+    throw new RangeError(`${fn}: breakerFailures must be an integer >= 1, got ${breakerFailures}`)
+  }
+  const openDuration = overrides.breakerOpenDuration ?? profile.breakerOpenDuration
   return {
     name: profile.name,
     retriesAfterFirst: retries,
@@ -131,7 +154,12 @@ export const override = (profile: Profile, overrides: Overrides, fn = "Profile.o
       fn,
       "healthCheckInterval",
       overrides.healthCheckInterval ?? profile.healthCheckInterval
-    )
+    ),
+    healthCheckTimeout: positive(fn, "healthCheckTimeout", overrides.healthCheckTimeout ?? profile.healthCheckTimeout),
+    breakerFailures,
+    breakerOpenDuration: Schedule.isSchedule(openDuration)
+      ? openDuration
+      : positive(fn, "breakerOpenDuration", openDuration)
   }
 }
 
@@ -179,7 +207,12 @@ export const config: Config.Config<Profile> = Config.all({
   backoffBase: durationWhere("STURDY_BACKOFF_BASE", "a positive duration", (ms) => ms > 0),
   backoffJitter: durationWhere("STURDY_BACKOFF_JITTER", "a duration >= 0", (ms) => ms >= 0),
   attemptTimeout: durationWhere("STURDY_ATTEMPT_TIMEOUT", "a positive duration", (ms) => ms > 0),
-  healthCheckInterval: durationWhere("STURDY_HEALTH_CHECK_INTERVAL", "a positive duration", (ms) => ms > 0)
+  healthCheckInterval: durationWhere("STURDY_HEALTH_CHECK_INTERVAL", "a positive duration", (ms) => ms > 0),
+  healthCheckTimeout: durationWhere("STURDY_HEALTH_CHECK_TIMEOUT", "a positive duration", (ms) => ms > 0),
+  breakerFailures: Config.option(
+    Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_BREAKER_FAILURES")
+  ),
+  breakerOpenDuration: durationWhere("STURDY_BREAKER_OPEN_DURATION", "a positive duration", (ms) => ms > 0)
 }).pipe(
   Config.map(({ name, ...values }) =>
     override(byName(name), {
@@ -187,7 +220,10 @@ export const config: Config.Config<Profile> = Config.all({
       backoffBase: Option.getOrUndefined(values.backoffBase),
       backoffJitter: Option.getOrUndefined(values.backoffJitter),
       attemptTimeout: Option.getOrUndefined(values.attemptTimeout),
-      healthCheckInterval: Option.getOrUndefined(values.healthCheckInterval)
+      healthCheckInterval: Option.getOrUndefined(values.healthCheckInterval),
+      healthCheckTimeout: Option.getOrUndefined(values.healthCheckTimeout),
+      breakerFailures: Option.getOrUndefined(values.breakerFailures),
+      breakerOpenDuration: Option.getOrUndefined(values.breakerOpenDuration)
     })
   )
 )

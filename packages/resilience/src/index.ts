@@ -4,3 +4,6 @@
 export * as Profile from "./Profile.ts"
 export * as Retry from "./Retry.ts"
 export * as Transient from "./Transient.ts"
+export * as Breaker from "./Breaker.ts"
+export * as HealthMonitor from "./HealthMonitor.ts"
+export * as DatabaseMetrics from "./DatabaseMetrics.ts"

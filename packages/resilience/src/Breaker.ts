@@ -1,0 +1,503 @@
+/**
+ * A circuit breaker with the semantics and vocabulary of
+ * `effect/persistence/CircuitBreaker`: states `Closed`, `Open`, `HalfOpen`,
+ * trip policies, one half-open probe, an open duration that is a duration or
+ * a `Schedule`, a transitions stream, and a typed rejection with `retryAfter`.
+ *
+ * **Where it belongs in a stack**
+ *
+ * retry -> breaker -> attempt timeout -> the call. The breaker counts
+ * attempts: during an outage it opens after a few failed attempts across all
+ * callers, and the retry does not retry its rejections, so callers fail fast
+ * with `retryAfter` instead of queueing on a dead server.
+ *
+ * **Two layers, one service**
+ *
+ * - `layer`: in-process, a pure transition function over a mutable cell per
+ *   key. The closed-state check is a plain read and a rejection allocates no
+ *   fiber; effect's store-backed breaker costs about 5.7 µs per call and
+ *   20 µs per rejection (DESIGN §10), too much around every statement.
+ * - `layerStore`: backed by effect's `CircuitBreaker` and whatever
+ *   `CircuitBreakerStore` is provided (its Redis store shares state across
+ *   processes, where a round trip dwarfs the cost; its memory store is used in
+ *   tests).
+ *
+ * **Recovering fast from short outages**
+ *
+ * A fixed open period of 60 s (the seed's) keeps every caller failing for a
+ * minute after a 5-second restart. An exponential open duration, for example
+ * `Breaker.exponentialOpenDuration({ from: "1 second", max: "60 seconds" })`,
+ * probes after 1 s, then 2 s, 4 s... while the outage lasts, and recovers
+ * about a second after the server is back.
+ *
+ * **Gotchas**
+ *
+ * A schedule given as the open duration is evaluated once, at construction,
+ * against a simulated clock (as effect replays it), for up to 64 consecutive
+ * openings; the 64th delay repeats after that. Schedules that depend on the
+ * wall clock (`Schedule.cron`) are not supported.
+ *
+ * @since 0.1.0
+ */
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Predicate,
+  PubSub,
+  Schedule,
+  Schema,
+  Scope,
+  Stream
+} from "effect"
+import * as CircuitBreaker from "effect/persistence/CircuitBreaker"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type TripPolicy = CircuitBreaker.TripPolicy
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type State = CircuitBreaker.State
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Transition = CircuitBreaker.Transition
+
+/**
+ * What one call means for the breaker.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Outcome = "Success" | "Failure" | "Ignored"
+
+/**
+ * Opens after `failures` consecutive failed calls.
+ *
+ * @since 0.1.0
+ * @category policies
+ */
+export const consecutive: (failures: number) => TripPolicy = CircuitBreaker.consecutive
+
+/**
+ * Opens when the failure rate over the last `size` calls reaches `threshold`.
+ *
+ * @since 0.1.0
+ * @category policies
+ */
+export const rate: typeof CircuitBreaker.rate = CircuitBreaker.rate
+
+/**
+ * An open duration that starts at `from` and doubles with each consecutive
+ * opening, up to `max`.
+ *
+ * @since 0.1.0
+ * @category policies
+ */
+export const exponentialOpenDuration = (options: {
+  readonly from: Duration.Input
+  readonly max: Duration.Input
+}): Schedule.Schedule<unknown, number> =>
+  Schedule.min([Schedule.exponential(options.from), Schedule.spaced(options.max)]) as Schedule.Schedule<unknown, number>
+
+/**
+ * The breaker rejected the call without running it: it is open (wait
+ * `retryAfter`) or half-open with its one probe in flight (`probing`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CircuitOpen extends Schema.TaggedError<CircuitOpen>()("CircuitOpen", {
+  key: Schema.String,
+  retryAfter: Schema.Duration,
+  probing: Schema.Boolean
+}) {
+  readonly isRetryable = false
+  override get message(): string {
+    return this.probing
+      ? `The circuit for ${this.key} is half-open and its probe is in flight`
+      : `The circuit for ${this.key} is open; retry after ${Duration.format(this.retryAfter)}`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  readonly tripPolicy: TripPolicy
+  /** How long the circuit stays open: a duration, or a schedule over consecutive openings. */
+  readonly openDuration: Duration.Input | Schedule.Schedule<unknown, number>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * Runs `self` if the circuit for `key` admits it, and records what
+   * `classify` makes of its exit. Interruption is always `"Ignored"`.
+   */
+  readonly execute: <A, E, R>(
+    key: string,
+    self: Effect.Effect<A, E, R>,
+    classify: (exit: Exit.Exit<A, E>) => Outcome
+  ) => Effect.Effect<A, E | CircuitOpen, R>
+  readonly state: (key: string) => Effect.Effect<State>
+  readonly transitions: Stream.Stream<Transition>
+}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class Breaker extends Context.Service<Breaker, Service>()("@sturdy/resilience/Breaker") {}
+
+// -----------------------------------------------------------------------------
+// The in-process state machine
+// -----------------------------------------------------------------------------
+
+/**
+ * The state of one key. Mutated in place by `admit` and `record`, which are
+ * pure in everything else: same cell, same inputs, same result.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export interface Cell {
+  readonly key: string
+  state: "Closed" | "Open" | "HalfOpen"
+  generation: number
+  streak: number
+  ring: Array<boolean>
+  ringFailures: number
+  openUntil: number
+  consecutiveOpenings: number
+  lastOpenFor: number
+  resetAt: number
+  probing: boolean
+}
+
+/**
+ * @since 0.1.0
+ * @category state machine
+ */
+export const makeCell = (key: string): Cell => ({
+  key,
+  state: "Closed",
+  generation: 0,
+  streak: 0,
+  ring: [],
+  ringFailures: 0,
+  openUntil: 0,
+  consecutiveOpenings: 0,
+  lastOpenFor: 0,
+  resetAt: 0,
+  probing: false
+})
+
+/**
+ * The result of asking to run a call: admitted (a probe, or not), or
+ * rejected with the time left open.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export type Admission =
+  | {
+      readonly _tag: "Admitted"
+      readonly generation: number
+      readonly probe: boolean
+      readonly transition: Transition | undefined
+    }
+  | { readonly _tag: "Rejected"; readonly retryAfterMillis: number; readonly probing: boolean }
+
+const admittedClosed = (generation: number): Admission => ({
+  _tag: "Admitted",
+  generation,
+  probe: false,
+  transition: undefined
+})
+
+/**
+ * Whether the call may run now. Reads the clock only outside the closed state.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const admit = (cell: Cell, now: () => number): Admission => {
+  switch (cell.state) {
+    case "Closed": {
+      if (cell.consecutiveOpenings > 0 && now() >= cell.resetAt) cell.consecutiveOpenings = 0
+      return admittedClosed(cell.generation)
+    }
+    case "Open": {
+      const time = now()
+      if (time < cell.openUntil) {
+        return { _tag: "Rejected", retryAfterMillis: cell.openUntil - time, probing: false }
+      }
+      cell.state = "HalfOpen"
+      cell.probing = true
+      cell.generation++
+      return {
+        _tag: "Admitted",
+        generation: cell.generation,
+        probe: true,
+        transition: { key: cell.key, from: "Open", to: "HalfOpen" }
+      }
+    }
+    case "HalfOpen": {
+      if (cell.probing) return { _tag: "Rejected", retryAfterMillis: 0, probing: true }
+      cell.probing = true
+      cell.generation++
+      return { _tag: "Admitted", generation: cell.generation, probe: true, transition: undefined }
+    }
+  }
+}
+
+const open = (cell: Cell, from: "Closed" | "HalfOpen", now: number, openFor: (n: number) => number): Transition => {
+  cell.state = "Open"
+  cell.generation++
+  cell.consecutiveOpenings++
+  cell.lastOpenFor = openFor(cell.consecutiveOpenings)
+  cell.openUntil = now + cell.lastOpenFor
+  cell.probing = false
+  cell.streak = 0
+  cell.ring = []
+  cell.ringFailures = 0
+  return {
+    key: cell.key,
+    from,
+    to: "Open",
+    retryAfter: Duration.millis(cell.lastOpenFor),
+    consecutiveOpenings: cell.consecutiveOpenings
+  }
+}
+
+/**
+ * Records the outcome of a call admitted with `generation`; a call admitted
+ * before the circuit last changed state is not counted.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const record = (
+  cell: Cell,
+  generation: number,
+  outcome: Outcome,
+  policy: TripPolicy,
+  now: () => number,
+  openFor: (consecutiveOpenings: number) => number
+): Transition | undefined => {
+  if (cell.generation !== generation) return undefined
+  if (cell.state === "HalfOpen") {
+    switch (outcome) {
+      case "Ignored":
+        cell.probing = false
+        return undefined
+      case "Failure":
+        return open(cell, "HalfOpen", now(), openFor)
+      case "Success": {
+        const time = now()
+        cell.state = "Closed"
+        cell.generation++
+        cell.probing = false
+        cell.resetAt = time + cell.lastOpenFor
+        cell.streak = 0
+        cell.ring = []
+        cell.ringFailures = 0
+        return { key: cell.key, from: "HalfOpen", to: "Closed" }
+      }
+    }
+  }
+  if (cell.state !== "Closed" || outcome === "Ignored") return undefined
+  const failed = outcome === "Failure"
+  if (policy._tag === "Consecutive") {
+    if (!failed) {
+      cell.streak = 0
+      return undefined
+    }
+    cell.streak++
+    return cell.streak >= policy.failures ? open(cell, "Closed", now(), openFor) : undefined
+  }
+  cell.ring.push(failed)
+  if (failed) cell.ringFailures++
+  while (cell.ring.length > policy.size) {
+    if (cell.ring.shift()) cell.ringFailures--
+  }
+  return cell.ring.length >= policy.minimumCalls &&
+    cell.ringFailures > 0 &&
+    cell.ringFailures / cell.ring.length >= policy.threshold
+    ? open(cell, "Closed", now(), openFor)
+    : undefined
+}
+
+/**
+ * The state a cell reports, in effect's `CircuitBreaker.State` shape.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const stateOf = (cell: Cell, now: number): State => {
+  switch (cell.state) {
+    case "Closed":
+      return { _tag: "Closed", key: cell.key }
+    case "Open":
+      return {
+        _tag: "Open",
+        key: cell.key,
+        retryAfter: Duration.millis(Math.max(0, cell.openUntil - now)),
+        consecutiveOpenings: cell.consecutiveOpenings
+      }
+    case "HalfOpen":
+      return { _tag: "HalfOpen", key: cell.key, probing: cell.probing, consecutiveOpenings: cell.consecutiveOpenings }
+  }
+}
+
+const maxReplayedOpenings = 64
+
+/** Turns the open duration into a function of the consecutive openings, evaluating a schedule once. */
+const openDurations = Effect.fnUntraced(function* (openDuration: Options["openDuration"], fn: string) {
+  if (!Schedule.isSchedule(openDuration)) {
+    const duration = Duration.fromInputUnsafe(openDuration)
+    const millis = Duration.toMillis(duration)
+    if (!Duration.isFinite(duration) || !(millis > 0)) {
+      throw new RangeError(`${fn}: openDuration must be a positive finite duration, got ${Duration.format(duration)}`)
+    }
+    return (_: number) => millis
+  }
+  const step = yield* Schedule.toStep(openDuration)
+  const delays: Array<number> = []
+  let now = 0
+  for (let attempt = 1; attempt <= maxReplayedOpenings; attempt++) {
+    const result = yield* Effect.exit(step(now, attempt))
+    if (Exit.isFailure(result)) break
+    const delay = Duration.toMillis(result.value[1])
+    delays.push(delay)
+    now += delay
+  }
+  if (delays.length === 0 || delays.some((delay) => !(delay > 0) || !Number.isFinite(delay))) {
+    throw new RangeError(`${fn}: the openDuration schedule must produce positive finite delays`)
+  }
+  return (openings: number) => delays[Math.min(openings, delays.length) - 1]!
+})
+
+const rejection = (key: string, admission: Extract<Admission, { _tag: "Rejected" }>) =>
+  new CircuitOpen({ key, retryAfter: Duration.millis(admission.retryAfterMillis), probing: admission.probing })
+
+const classifyExit = <A, E>(exit: Exit.Exit<A, E>, classify: (exit: Exit.Exit<A, E>) => Outcome): Outcome =>
+  Exit.isFailure(exit) && exit.cause.reasons.every((reason) => reason._tag === "Interrupt") ? "Ignored" : classify(exit)
+
+/**
+ * The in-process breaker.
+ *
+ * **Gotchas**
+ *
+ * It reads the `Clock` it was built with, so a test that drives time with
+ * `TestClock` must build it under that clock.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Return<Service, never, Scope.Scope> {
+  const openFor = yield* openDurations(options.openDuration, "Breaker.make")
+  const clock = yield* Clock.Clock
+  const now = () => clock.currentTimeMillisUnsafe()
+  const pubsub = yield* Effect.acquireRelease(PubSub.sliding<Transition>(128), PubSub.shutdown)
+  const cells = new Map<string, Cell>()
+  const cellFor = (key: string): Cell => {
+    let cell = cells.get(key)
+    if (cell === undefined) {
+      cell = makeCell(key)
+      cells.set(key, cell)
+    }
+    return cell
+  }
+  const publish = (transition: Transition | undefined) => {
+    if (transition !== undefined) PubSub.publishUnsafe(pubsub, transition)
+  }
+
+  const execute = <A, E, R>(
+    key: string,
+    self: Effect.Effect<A, E, R>,
+    classify: (exit: Exit.Exit<A, E>) => Outcome
+  ): Effect.Effect<A, E | CircuitOpen, R> =>
+    Effect.suspend((): Effect.Effect<A, E | CircuitOpen, R> => {
+      const cell = cellFor(key)
+      const admission = admit(cell, now)
+      if (admission._tag === "Rejected") return Effect.fail(rejection(key, admission))
+      publish(admission.transition)
+      return Effect.onExit(self, (exit) =>
+        Effect.sync(() =>
+          publish(record(cell, admission.generation, classifyExit(exit, classify), options.tripPolicy, now, openFor))
+        )
+      )
+    })
+
+  return {
+    execute,
+    state: (key) => Effect.sync(() => stateOf(cellFor(key), now())),
+    transitions: Stream.fromPubSub(pubsub)
+  }
+})
+
+/**
+ * The in-process breaker as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options): Layer.Layer<Breaker> => Layer.effect(Breaker, make(options))
+
+const isCircuitBreakerError = (u: unknown): u is CircuitBreaker.CircuitBreakerError =>
+  Predicate.hasProperty(u, CircuitBreaker.ErrorTypeId)
+
+/**
+ * The breaker backed by effect's `CircuitBreaker` and the `CircuitBreakerStore`
+ * in context: `CircuitBreaker.layerStoreRedis` shares state across processes.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerStore = (options: Options): Layer.Layer<Breaker, never, CircuitBreaker.CircuitBreakerStore> =>
+  Layer.effect(
+    Breaker,
+    Effect.gen(function* () {
+      // Validates the open duration the same way as the in-process layer.
+      yield* openDurations(options.openDuration, "Breaker.layerStore")
+      const breaker = yield* CircuitBreaker.make({ tripPolicy: options.tripPolicy, openDuration: options.openDuration })
+      const toOutcome = (outcome: Outcome): CircuitBreaker.Outcome =>
+        outcome === "Success"
+          ? CircuitBreaker.success
+          : outcome === "Failure"
+            ? CircuitBreaker.failure()
+            : CircuitBreaker.ignored
+      return {
+        execute: <A, E, R>(key: string, self: Effect.Effect<A, E, R>, classify: (exit: Exit.Exit<A, E>) => Outcome) =>
+          breaker
+            .execute(self, { key, classify: (exit) => toOutcome(classifyExit(exit, classify)) })
+            .pipe(
+              Effect.catchIf(isCircuitBreakerError, (error) =>
+                error.reason._tag === "CircuitOpen"
+                  ? Effect.fail(new CircuitOpen({ key, retryAfter: error.reason.retryAfter, probing: false }))
+                  : error.reason._tag === "CircuitHalfOpen"
+                    ? Effect.fail(new CircuitOpen({ key, retryAfter: Duration.zero, probing: true }))
+                    : Effect.die(error)
+              )
+            ),
+        state: (key) => Effect.orDie(breaker.state(key)),
+        transitions: breaker.transitions
+      } satisfies Service
+    })
+  )
