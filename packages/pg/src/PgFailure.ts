@@ -307,7 +307,7 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
 export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
   new SqlError({
     reason:
-      failure._tag === "TransientError"
+      failure._tag !== "OutcomeUnknown"
         ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
         : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
   })

@@ -132,6 +132,8 @@ export interface Stats {
   readonly outcomeUnknown: number
   /** Attempts the open circuit rejected. */
   readonly rejections: number
+  /** TCP connections the pool opened, counted at the socket; `undefined` when they cannot be counted (see `DatabaseMetrics.PoolStats`). */
+  readonly connectionsOpened: number | undefined
 }
 
 /**
@@ -444,12 +446,14 @@ export const make = Effect.fnUntraced(function* (
   // Counting the pool's sockets is the only way to know how many connections it holds.
   const target = tcpTarget(options)
   let openSockets = 0
+  let socketsOpened = 0
   const pool = yield* PgPool.make({
     ...options,
     ...(target !== undefined && {
       stream: () => {
         const socket = Net.connect({ host: target.host, port: target.port, noDelay: true })
         openSockets++
+        socketsOpened++
         socket.once("close", () => openSockets--)
         return socket
       }
@@ -758,7 +762,8 @@ export const make = Effect.fnUntraced(function* (
           timeouts: recorder.timeouts,
           failed: recorder.failed,
           outcomeUnknown: recorder.outcomeUnknown,
-          rejections: recorder.rejections
+          rejections: recorder.rejections,
+          connectionsOpened: target === undefined ? undefined : socketsOpened
         })
       ),
       breakerState: breaker.state(key),

@@ -1,43 +1,11 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { PgFailure, ResilientPg } from "@sturdy/pg"
 import { LogCapture, PgServer } from "@sturdy/testing"
-import { Cause, Clock, Effect, Exit, Fiber, Layer } from "effect"
+import { Clock, Effect, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
-
-const fast = { backoffBase: "20 millis", backoffJitter: "10 millis" } as const
-
-let apps = 0
-const appName = () => `sturdy-test-${process.pid}-${++apps}`
-
-/** The client under test, on the given server, with its own application name. */
-const resilient = (server: PgServer.PgServerService, options: Partial<ResilientPg.Options> = {}) => {
-  const applicationName = options.applicationName ?? appName()
-  return {
-    applicationName,
-    layer: ResilientPg.layer({ url: server.url, applicationName, ...options })
-  }
-}
-
-const failureOf = <A, E>(exit: Exit.Exit<A, E>): unknown => {
-  assert.isTrue(Exit.isFailure(exit), "expected the call to fail")
-  if (Exit.isSuccess(exit)) return undefined
-  const failure = exit.cause.reasons.find(Cause.isFailReason)
-  assert.isDefined(failure, `expected a typed failure, got ${Cause.pretty(exit.cause)}`)
-  return failure?.error
-}
-
-/** Polls an external condition (the server's view) until it holds or the deadline passes. */
-const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, deadlineMillis: number) =>
-  Effect.gen(function* () {
-    const start = yield* Clock.currentTimeMillis
-    while (true) {
-      if (yield* check) return (yield* Clock.currentTimeMillis) - start
-      if ((yield* Clock.currentTimeMillis) - start > deadlineMillis) return Number.POSITIVE_INFINITY
-      yield* Effect.sleep("20 millis")
-    }
-  })
+import { eventually, failureOf, fast, resilient } from "./helpers.ts"
 
 describe("ResilientPg against a real server", () => {
   layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
@@ -91,7 +59,7 @@ describe("ResilientPg against a real server", () => {
           const recovered = (yield* logs.entries).filter((entry) => entry.annotations["sturdy.event"] === "recovered")
           assert.strictEqual(recovered.length, 1)
         }).pipe(
-          Effect.provide(Layer.mergeAll(layer, logs.layer, TestClock.layer())),
+          Effect.provide(Layer.provideMerge(Layer.merge(layer, logs.layer), TestClock.layer())),
           Effect.ensuring(Effect.orDie(server.start))
         )
       })
