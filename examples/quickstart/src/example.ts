@@ -11,7 +11,7 @@ const createNote = (id: string, title: string) =>
     const sql = yield* SqlClient.SqlClient
     // Safe to run twice, so Sturdy may retry it even after the connection was lost mid-statement.
     yield* ResilientPg.idempotent(
-      sql`INSERT INTO notes (id, title) VALUES (${id}, ${title}) ON CONFLICT (id) DO NOTHING`,
+      sql`INSERT INTO notes (id, title) VALUES (${id}, ${title}) ON CONFLICT (id) DO NOTHING`
     )
     return yield* sql<{ id: string; title: string }>`SELECT id, title FROM notes WHERE id = ${id}`
   })
@@ -25,7 +25,7 @@ const program = Effect.gen(function* () {
   // Sturdy's typed failures travel inside SqlError; this moves them into the error channel.
   ResilientPg.unwrapFailures,
   Effect.catchTag("OutcomeUnknown", (e) => Effect.logError(`a write may or may not have happened: ${e.message}`)),
-  Effect.catchTag("TransientError", (e) => Effect.logError(`database unavailable after retries: ${e.reason._tag}`)),
+  Effect.catchTag("TransientError", (e) => Effect.logError(`database unavailable after retries: ${e.reason._tag}`))
 )
 
 // Before: PgClient.layerConfig({ url: Config.redacted("DATABASE_URL") })

@@ -13,11 +13,11 @@ const tagOf = (error: unknown) => (error as { readonly _tag: string })._tag
 describe("the breaker inside ResilientPg, against a real server", () => {
   layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
     it.effect("opens on the 5th failed attempt; the next call is rejected without a connection attempt", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const { layer } = resilient(server, { ...fast, retriesAfterFirst: 0 })
         yield* server.stop
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const service = yield* ResilientPg.ResilientPg
           for (let i = 1; i <= 5; i++) {
@@ -26,7 +26,9 @@ describe("the breaker inside ResilientPg, against a real server", () => {
             assert.strictEqual((yield* service.breakerState)._tag, i < 5 ? "Closed" : "Open")
           }
           const opened = (yield* service.stats).connectionsOpened
-          const rejection = failureOf(yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))) as Breaker.CircuitOpen
+          const rejection = failureOf(
+            yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))
+          ) as Breaker.CircuitOpen
           assert.strictEqual(rejection._tag, "CircuitOpen")
           assert.isAbove(Duration.toMillis(rejection.retryAfter), 59_000)
           const stats = yield* service.stats
@@ -34,64 +36,80 @@ describe("the breaker inside ResilientPg, against a real server", () => {
           assert.strictEqual(stats.attempts, 5)
           assert.strictEqual(stats.rejections, 1)
         }).pipe(Effect.provide(layer), Effect.ensuring(Effect.orDie(server.start)))
-      }))
+      })
+    )
 
-    it.effect("50 concurrent callers during an outage fail fast; after the open period the probe closes it and all succeed (TestClock)", () =>
-      Effect.gen(function*() {
-        const server = yield* PgServer.PgServer
-        const logs = yield* LogCapture.make
-        const { layer } = resilient(server, { profile: "development" })
-        yield* Effect.gen(function*() {
-          const sql = yield* SqlClient.SqlClient
-          const service = yield* ResilientPg.ResilientPg
-          const transitions = yield* Effect.forkChild(Stream.runCollect(Stream.take(service.transitions, 3)), {
-            startImmediately: true
-          })
-          yield* sql`SELECT 1`
-          yield* server.stop
-          const before = yield* service.stats
-          const callers = yield* Effect.forEach(Array.from({ length: 50 }), () =>
-            Effect.forkChild(Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))))
-          // Every first attempt fails (the breaker was closed when they all started) and schedules a retry.
-          for (let i = 0; i < 50; i++) yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
-          const afterFirstWave = yield* service.stats
-          assert.strictEqual((yield* service.breakerState)._tag, "Open")
-          // The retries come due: the circuit is open, so each is rejected at once.
-          yield* TestClock.adjust("2 seconds")
-          const exits = yield* Effect.forEach(callers, Fiber.join)
-          const afterRetries = yield* service.stats
-          const failures = exits.map((exit) => tagOf(failureOf(exit)))
-          assert.deepStrictEqual(failures, Array.from({ length: 50 }, () => "CircuitOpen"))
-          assert.strictEqual(afterRetries.attempts - before.attempts, 50, "only the first attempts ran")
-          assert.strictEqual(afterRetries.rejections - before.rejections, 50, "every retry was rejected")
-          assert.strictEqual(afterRetries.connectionsOpened, afterFirstWave.connectionsOpened, "no connection attempt once open")
-          assert.isAtMost(afterFirstWave.connectionsOpened! - before.connectionsOpened!, 50)
+    it.effect(
+      "50 concurrent callers during an outage fail fast; after the open period the probe closes it and all succeed (TestClock)",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const logs = yield* LogCapture.make
+          const { layer } = resilient(server, { profile: "development" })
+          yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const service = yield* ResilientPg.ResilientPg
+            const transitions = yield* Effect.forkChild(Stream.runCollect(Stream.take(service.transitions, 3)), {
+              startImmediately: true
+            })
+            yield* sql`SELECT 1`
+            yield* server.stop
+            const before = yield* service.stats
+            const callers = yield* Effect.forEach(Array.from({ length: 50 }), () =>
+              Effect.forkChild(Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`)))
+            )
+            // Every first attempt fails (the breaker was closed when they all started) and schedules a retry.
+            for (let i = 0; i < 50; i++) yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
+            const afterFirstWave = yield* service.stats
+            assert.strictEqual((yield* service.breakerState)._tag, "Open")
+            // The retries come due: the circuit is open, so each is rejected at once.
+            yield* TestClock.adjust("2 seconds")
+            const exits = yield* Effect.forEach(callers, Fiber.join)
+            const afterRetries = yield* service.stats
+            const failures = exits.map((exit) => tagOf(failureOf(exit)))
+            assert.deepStrictEqual(
+              failures,
+              Array.from({ length: 50 }, () => "CircuitOpen")
+            )
+            assert.strictEqual(afterRetries.attempts - before.attempts, 50, "only the first attempts ran")
+            assert.strictEqual(afterRetries.rejections - before.rejections, 50, "every retry was rejected")
+            assert.strictEqual(
+              afterRetries.connectionsOpened,
+              afterFirstWave.connectionsOpened,
+              "no connection attempt once open"
+            )
+            assert.isAtMost(afterFirstWave.connectionsOpened! - before.connectionsOpened!, 50)
 
-          // The server is back; once the open period has passed, the next call is the probe.
-          yield* server.start
-          yield* TestClock.adjust("60 seconds")
-          assert.deepStrictEqual(yield* sql<{ one: number }>`SELECT 1 AS one`, [{ one: 1 }])
-          assert.strictEqual((yield* service.breakerState)._tag, "Closed")
-          const results = yield* Effect.forEach(Array.from({ length: 50 }), () => sql<{ one: number }>`SELECT 1 AS one`, {
-            concurrency: "unbounded"
-          })
-          assert.strictEqual(results.length, 50)
-          const seen = (yield* Fiber.join(transitions)).map((t: Breaker.Transition) => `${t.from}->${t.to}`)
-          assert.deepStrictEqual(seen, ["Closed->Open", "Open->HalfOpen", "HalfOpen->Closed"])
-        }).pipe(
-          // The same TestClock for the client (its breaker reads the clock it was built with) and the test.
-          Effect.provide(Layer.provideMerge(Layer.merge(layer, logs.layer), TestClock.layer())),
-          Effect.ensuring(Effect.orDie(server.start))
-        )
-      }))
+            // The server is back; once the open period has passed, the next call is the probe.
+            yield* server.start
+            yield* TestClock.adjust("60 seconds")
+            assert.deepStrictEqual(yield* sql<{ one: number }>`SELECT 1 AS one`, [{ one: 1 }])
+            assert.strictEqual((yield* service.breakerState)._tag, "Closed")
+            const results = yield* Effect.forEach(
+              Array.from({ length: 50 }),
+              () => sql<{ one: number }>`SELECT 1 AS one`,
+              {
+                concurrency: "unbounded"
+              }
+            )
+            assert.strictEqual(results.length, 50)
+            const seen = (yield* Fiber.join(transitions)).map((t: Breaker.Transition) => `${t.from}->${t.to}`)
+            assert.deepStrictEqual(seen, ["Closed->Open", "Open->HalfOpen", "HalfOpen->Closed"])
+          }).pipe(
+            // The same TestClock for the client (its breaker reads the clock it was built with) and the test.
+            Effect.provide(Layer.provideMerge(Layer.merge(layer, logs.layer), TestClock.layer())),
+            Effect.ensuring(Effect.orDie(server.start))
+          )
+        })
+    )
 
     it.effect("100 syntax errors and unique violations in a row leave the breaker closed", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const table = `breaker_${randomUUID().replaceAll("-", "")}`
         yield* server.admin.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY)`)
         const { layer } = resilient(server, fast)
-        yield* Effect.gen(function*() {
+        yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const service = yield* ResilientPg.ResilientPg
           yield* sql`INSERT INTO ${sql(table)} (id) VALUES (1)`
@@ -106,19 +124,21 @@ describe("the breaker inside ResilientPg, against a real server", () => {
           assert.strictEqual(stats.attempts, 101)
           assert.strictEqual(stats.retries, 0)
         }).pipe(Effect.provide(layer))
-      }))
+      })
+    )
 
     it.effect("with production's 5 retries, the breaker (5 failed attempts) rejects the 6th attempt: fail fast", () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const server = yield* PgServer.PgServer
         const { layer } = resilient(server, { profile: "production", ...fast })
         yield* server.stop
-        const exit = yield* Effect.gen(function*() {
+        const exit = yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           return yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))
         }).pipe(Effect.provide(layer), Effect.ensuring(Effect.orDie(server.start)))
         assert.isTrue(Exit.isFailure(exit))
         assert.strictEqual(tagOf(failureOf(exit)), "CircuitOpen")
-      }))
+      })
+    )
   })
 })

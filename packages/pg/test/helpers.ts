@@ -30,7 +30,7 @@ export const failureOf = <A, E>(exit: Exit.Exit<A, E>): unknown => {
 
 /** Polls an external condition (the server's view) until it holds or the deadline passes; returns the wait. */
 export const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, deadlineMillis: number) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const start = yield* Clock.currentTimeMillis
     while (true) {
       if (yield* check) return (yield* Clock.currentTimeMillis) - start

@@ -375,7 +375,7 @@ const openDurations = Effect.fnUntraced(function* (openDuration: Options["openDu
     if (!Duration.isFinite(duration) || !(millis > 0)) {
       throw new RangeError(`${fn}: openDuration must be a positive finite duration, got ${Duration.format(duration)}`)
     }
-    return (_: number) => millis
+    return () => millis
   }
   const step = yield* Schedule.toStep(openDuration)
   const delays: Array<number> = []

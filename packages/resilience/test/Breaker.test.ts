@@ -10,13 +10,13 @@ const seedPolicy: Breaker.Options = { tripPolicy: Breaker.consecutive(5), openDu
 
 const succeed = Effect.succeed("ok")
 const fail = Effect.fail("down" as const)
-const classify = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome => Exit.isSuccess(exit) ? "Success" : "Failure"
+const classify = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome => (Exit.isSuccess(exit) ? "Success" : "Failure")
 
 /** Runs a call through the breaker; returns "ok", "failed" or the rejection. */
 const call = (breaker: Breaker.Service, effect: Effect.Effect<string, "down">) =>
   breaker.execute(key, effect, classify).pipe(
     Effect.map(() => "ok" as const),
-    Effect.catch((error) => Effect.succeed(error === "down" ? "failed" as const : error))
+    Effect.catch((error) => Effect.succeed(error === "down" ? ("failed" as const) : error))
   )
 
 const stateTag = (breaker: Breaker.Service) => Effect.map(breaker.state(key), (state) => state._tag)
@@ -24,13 +24,13 @@ const stateTag = (breaker: Breaker.Service) => Effect.map(breaker.state(key), (s
 const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Layer<Breaker.Breaker>) =>
   describe(`Breaker (${name})`, () => {
     const withBreaker = <A, E>(options: Breaker.Options, f: (breaker: Breaker.Service) => Effect.Effect<A, E>) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         return yield* f(yield* Breaker.Breaker)
       }).pipe(Effect.provide(makeLayer(options)), Effect.provide(TestClock.layer()))
 
     it.effect("4 failures keep it closed, the 5th opens it, a success in between resets the streak", () =>
       withBreaker(seedPolicy, (breaker) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           for (let i = 0; i < 4; i++) assert.strictEqual(yield* call(breaker, fail), "failed")
           assert.strictEqual(yield* stateTag(breaker), "Closed")
           assert.strictEqual(yield* call(breaker, succeed), "ok")
@@ -38,11 +38,13 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
           assert.strictEqual(yield* stateTag(breaker), "Closed")
           assert.strictEqual(yield* call(breaker, fail), "failed")
           assert.strictEqual(yield* stateTag(breaker), "Open")
-        })))
+        })
+      )
+    )
 
     it.effect("while open, calls are rejected at once with retryAfter, without running", () =>
       withBreaker(seedPolicy, (breaker) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           for (let i = 0; i < 5; i++) yield* call(breaker, fail)
           yield* TestClock.adjust("10 seconds")
           let ran = false
@@ -53,33 +55,42 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
           assert.strictEqual(rejection.key, key)
           assert.isFalse(rejection.probing)
           assert.strictEqual(Duration.toMillis(rejection.retryAfter), 50_000)
-        })))
+        })
+      )
+    )
 
-    it.effect("after 59.999 s still open; at 60 s the next call is the probe, and a second call during it is rejected", () =>
-      withBreaker(seedPolicy, (breaker) =>
-        Effect.gen(function*() {
-          for (let i = 0; i < 5; i++) yield* call(breaker, fail)
-          yield* TestClock.adjust(59_999)
-          assert.strictEqual(((yield* call(breaker, succeed)) as Breaker.CircuitOpen)._tag, "CircuitOpen")
-          yield* TestClock.adjust(1)
-          const release = yield* Deferred.make<void>()
-          const started = yield* Deferred.make<void>()
-          const probe = yield* Effect.forkChild(
-            call(breaker, Effect.andThen(Deferred.succeed(started, undefined), Effect.as(Deferred.await(release), "ok")))
-          )
-          yield* Deferred.await(started)
-          assert.strictEqual(yield* stateTag(breaker), "HalfOpen")
-          const second = (yield* call(breaker, succeed)) as Breaker.CircuitOpen
-          assert.strictEqual(second._tag, "CircuitOpen")
-          assert.isTrue(second.probing)
-          yield* Deferred.succeed(release, undefined)
-          assert.strictEqual(yield* Fiber.join(probe), "ok")
-          assert.strictEqual(yield* stateTag(breaker), "Closed")
-        })))
+    it.effect(
+      "after 59.999 s still open; at 60 s the next call is the probe, and a second call during it is rejected",
+      () =>
+        withBreaker(seedPolicy, (breaker) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < 5; i++) yield* call(breaker, fail)
+            yield* TestClock.adjust(59_999)
+            assert.strictEqual(((yield* call(breaker, succeed)) as Breaker.CircuitOpen)._tag, "CircuitOpen")
+            yield* TestClock.adjust(1)
+            const release = yield* Deferred.make<void>()
+            const started = yield* Deferred.make<void>()
+            const probe = yield* Effect.forkChild(
+              call(
+                breaker,
+                Effect.andThen(Deferred.succeed(started, undefined), Effect.as(Deferred.await(release), "ok"))
+              )
+            )
+            yield* Deferred.await(started)
+            assert.strictEqual(yield* stateTag(breaker), "HalfOpen")
+            const second = (yield* call(breaker, succeed)) as Breaker.CircuitOpen
+            assert.strictEqual(second._tag, "CircuitOpen")
+            assert.isTrue(second.probing)
+            yield* Deferred.succeed(release, undefined)
+            assert.strictEqual(yield* Fiber.join(probe), "ok")
+            assert.strictEqual(yield* stateTag(breaker), "Closed")
+          })
+        )
+    )
 
     it.effect("a failed probe reopens it for another full period", () =>
       withBreaker(seedPolicy, (breaker) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           for (let i = 0; i < 5; i++) yield* call(breaker, fail)
           yield* TestClock.adjust("60 seconds")
           assert.strictEqual(yield* call(breaker, fail), "failed")
@@ -89,22 +100,27 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
           yield* TestClock.adjust(1)
           assert.strictEqual(yield* call(breaker, succeed), "ok")
           assert.strictEqual(yield* stateTag(breaker), "Closed")
-        })))
+        })
+      )
+    )
 
     it.effect("ignored outcomes (interruption, the caller's own errors) never count", () =>
       withBreaker(seedPolicy, (breaker) =>
-        Effect.gen(function*() {
-          const ignored = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome => Exit.isSuccess(exit) ? "Success" : "Ignored"
+        Effect.gen(function* () {
+          const ignored = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome =>
+            Exit.isSuccess(exit) ? "Success" : "Ignored"
           for (let i = 0; i < 20; i++) {
             yield* Effect.exit(breaker.execute(key, fail, ignored))
             yield* Effect.exit(breaker.execute(key, Effect.interrupt, classify))
           }
           assert.strictEqual(yield* stateTag(breaker), "Closed")
-        })))
+        })
+      )
+    )
 
     it.effect("publishes every transition on its stream", () =>
       withBreaker(seedPolicy, (breaker) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const collected = yield* Effect.forkChild(Stream.runCollect(Stream.take(breaker.transitions, 4)), {
             startImmediately: true
           })
@@ -114,13 +130,13 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
           yield* TestClock.adjust("60 seconds")
           yield* call(breaker, succeed)
           const transitions = yield* Fiber.join(collected)
-          assert.deepStrictEqual(transitions.map((t) => `${t.from}->${t.to}`), [
-            "Closed->Open",
-            "Open->HalfOpen",
-            "HalfOpen->Open",
-            "Open->HalfOpen"
-          ])
-        })))
+          assert.deepStrictEqual(
+            transitions.map((t) => `${t.from}->${t.to}`),
+            ["Closed->Open", "Open->HalfOpen", "HalfOpen->Open", "Open->HalfOpen"]
+          )
+        })
+      )
+    )
 
     it.effect("an exponential open duration probes after 1 s, 2 s, 4 s... capped, and recovers in about a second", () =>
       withBreaker(
@@ -129,7 +145,7 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
           openDuration: Breaker.exponentialOpenDuration({ from: "1 second", max: "4 seconds" })
         },
         (breaker) =>
-          Effect.gen(function*() {
+          Effect.gen(function* () {
             yield* call(breaker, fail)
             const openFor: Array<number> = []
             for (let i = 0; i < 4; i++) {
@@ -144,7 +160,8 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
             assert.strictEqual(yield* call(breaker, succeed), "ok")
             assert.strictEqual(yield* stateTag(breaker), "Closed")
           })
-      ))
+      )
+    )
   })
 
 suite("in-process", layers["in-process"])
@@ -152,10 +169,16 @@ suite("effect CircuitBreaker + memory store", layers["effect CircuitBreaker + me
 
 describe("Breaker options", () => {
   it.effect("invalid open durations fail construction with a message naming the function and the value", () =>
-    Effect.gen(function*() {
-      const exit = yield* Effect.exit(Effect.scoped(Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: 0 })))
+    Effect.gen(function* () {
+      const exit = yield* Effect.exit(
+        Effect.scoped(Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: 0 }))
+      )
       assert.isTrue(Exit.isFailure(exit))
-      assert.include(String(Exit.isFailure(exit) ? exit.cause : ""), "Breaker.make: openDuration must be a positive finite duration, got 0")
+      assert.include(
+        String(Exit.isFailure(exit) ? exit.cause : ""),
+        "Breaker.make: openDuration must be a positive finite duration, got 0"
+      )
       assert.throws(() => Breaker.consecutive(0), "CircuitBreaker.consecutive: failures must be an integer >= 1, got 0")
-    }))
+    })
+  )
 })

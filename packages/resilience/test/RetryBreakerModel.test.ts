@@ -16,10 +16,12 @@ import { layers } from "./breakerLayers.ts"
 // unknown: not retried, counts against the breaker (a write lost in flight).
 // fatal: not retried, the server answered, so a success for the breaker (a syntax error).
 type AttemptOutcome = "ok" | "transient" | "unknown" | "fatal"
-type Step = { readonly _tag: "Call"; readonly outcomes: ReadonlyArray<AttemptOutcome> } | {
-  readonly _tag: "Advance"
-  readonly millis: number
-}
+type Step =
+  | { readonly _tag: "Call"; readonly outcomes: ReadonlyArray<AttemptOutcome> }
+  | {
+      readonly _tag: "Advance"
+      readonly millis: number
+    }
 interface Config {
   readonly failures: number
   readonly openMillis: number
@@ -39,7 +41,7 @@ interface Model {
 
 const modelCall = (m: Model, c: Config, outcomes: ReadonlyArray<AttemptOutcome>) => {
   const start = m.now
-  for (let attempt = 1;; attempt++) {
+  for (let attempt = 1; ; attempt++) {
     if (m.state === "Open") {
       if (m.now < m.openUntil) return { result: "rejected" as Result, attempts: attempt - 1, elapsed: m.now - start }
       m.state = "HalfOpen"
@@ -94,8 +96,12 @@ const realCall = (breaker: Breaker.Service, c: Config, outcomes: ReadonlyArray<A
   )
 }
 
-const agree = (makeLayer: (options: Breaker.Options) => Layer.Layer<Breaker.Breaker>, c: Config, steps: ReadonlyArray<Step>) =>
-  Effect.gen(function*() {
+const agree = (
+  makeLayer: (options: Breaker.Options) => Layer.Layer<Breaker.Breaker>,
+  c: Config,
+  steps: ReadonlyArray<Step>
+) =>
+  Effect.gen(function* () {
     const breaker = yield* Breaker.Breaker
     const model: Model = { state: "Closed", streak: 0, openUntil: 0, now: 0 }
     for (const [i, step] of steps.entries()) {
@@ -125,7 +131,12 @@ const agree = (makeLayer: (options: Breaker.Options) => Layer.Layer<Breaker.Brea
 
 const outcome = fc.constantFrom<AttemptOutcome>("ok", "transient", "transient", "transient", "unknown", "fatal")
 const step: fc.Arbitrary<Step> = fc.oneof(
-  { weight: 4, arbitrary: fc.array(outcome, { minLength: 1, maxLength: 7 }).map((outcomes) => ({ _tag: "Call" as const, outcomes })) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .array(outcome, { minLength: 1, maxLength: 7 })
+      .map((outcomes) => ({ _tag: "Call" as const, outcomes }))
+  },
   { weight: 1, arbitrary: fc.integer({ min: 0, max: 90_000 }).map((millis) => ({ _tag: "Advance" as const, millis })) }
 )
 const config: fc.Arbitrary<Config> = fc.oneof(
@@ -144,7 +155,8 @@ describe("retry + breaker agree with the reference model", () => {
     it(`${name}: 500 generated sequences of calls, outcomes and clock advances`, async () => {
       await fc.assert(
         fc.asyncProperty(config, fc.array(step, { minLength: 1, maxLength: 30 }), (c, steps) =>
-          Effect.runPromise(agree(makeLayer, c, steps))),
+          Effect.runPromise(agree(makeLayer, c, steps))
+        ),
         { numRuns: 500 }
       )
     }, 120_000)

@@ -1,0 +1,95 @@
+import { assert, describe, layer } from "@effect/vitest"
+import { ResilientPg } from "@sturdy/pg"
+import { HealthMonitor } from "@sturdy/resilience"
+import { PgServer } from "@sturdy/testing"
+import { Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
+import { SqlClient } from "effect/sql"
+import { TestClock } from "effect/testing"
+import { eventually, failureOf, resilient } from "./helpers.ts"
+
+const nextWithStatus = (health: HealthMonitor.Service, status: "healthy" | "unhealthy") =>
+  Effect.forkChild(Stream.runHead(Stream.filter(health.changes, (result) => result.status === status)), {
+    startImmediately: true
+  })
+
+describe("the health monitor, probing a real server on a TestClock schedule", () => {
+  layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    it.effect(
+      "unhealthy within one interval of the server stopping, healthy within one interval of it coming back",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const { layer } = resilient(server, { healthCheckInterval: "30 seconds" })
+          yield* Effect.gen(function* () {
+            const health = yield* HealthMonitor.HealthMonitor
+            const first = yield* health.lastHealthCheck
+            assert.strictEqual(first.status, "healthy")
+            assert.isAtLeast(first.responseTime!, 0)
+
+            yield* server.stop
+            const down = yield* nextWithStatus(health, "unhealthy")
+            yield* TestClock.adjust("30 seconds")
+            const unhealthy = Option.getOrThrow(yield* Fiber.join(down))
+            assert.strictEqual(unhealthy.status, "unhealthy")
+            assert.include(unhealthy.error, "ConnectionRefused")
+            assert.isUndefined(unhealthy.responseTime)
+            assert.strictEqual((yield* health.lastHealthCheck).status, "unhealthy")
+
+            yield* server.start
+            const up = yield* nextWithStatus(health, "healthy")
+            yield* TestClock.adjust("30 seconds")
+            assert.strictEqual(Option.getOrThrow(yield* Fiber.join(up)).status, "healthy")
+          }).pipe(
+            Effect.provide(Layer.provideMerge(layer, TestClock.layer())),
+            Effect.ensuring(Effect.orDie(server.start))
+          )
+        })
+    )
+
+    it.effect("the probe does not wait behind a saturated pool nor go through an open breaker", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        const { layer } = resilient(server, { maxConnections: 1, attemptTimeout: "100 millis", retriesAfterFirst: 0 })
+        yield* Effect.gen(function* () {
+          const health = yield* HealthMonitor.HealthMonitor
+          const service = yield* ResilientPg.ResilientPg
+          const sql = yield* SqlClient.SqlClient
+          // The only connection is held; statements time out waiting for it, which opens the breaker.
+          const holder = yield* Effect.forkChild(sql.withTransaction(Effect.never))
+          assert.isBelow(
+            yield* eventually(
+              Effect.map(service.pool, (pool) => pool.inUse === 1),
+              5000
+            ),
+            5000
+          )
+          for (let i = 0; i < 5; i++) yield* Effect.exit(sql`SELECT 1`)
+          assert.strictEqual((yield* service.stats).timeouts, 5)
+          assert.strictEqual((yield* service.breakerState)._tag, "Open")
+          assert.strictEqual((yield* health.check).status, "healthy")
+          yield* Fiber.interrupt(holder)
+        }).pipe(Effect.provide(layer))
+      })
+    )
+
+    it.effect('onStartup "degraded" (default) builds the layer while the server is down; "fail" fails it, typed', () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        yield* server.stop
+        const degraded = yield* Effect.gen(function* () {
+          return yield* (yield* HealthMonitor.HealthMonitor).lastHealthCheck
+        }).pipe(Effect.provide(resilient(server).layer), Effect.exit)
+        assert.isTrue(Exit.isSuccess(degraded))
+        assert.strictEqual(Exit.isSuccess(degraded) ? degraded.value.status : "", "unhealthy")
+
+        const failed = yield* Effect.exit(
+          Effect.provide(Effect.void, resilient(server, { healthOnStartup: "fail" }).layer)
+        )
+        const error = failureOf(failed) as HealthMonitor.StartupHealthCheckFailed
+        assert.strictEqual(error._tag, "StartupHealthCheckFailed")
+        assert.include(error.message, "ConnectionRefused")
+        yield* server.start
+      })
+    )
+  })
+})
