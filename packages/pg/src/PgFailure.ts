@@ -17,6 +17,7 @@
  * | `CrashShutdown` | SQLSTATE 57P02 |
  * | `TooManyConnections` | SQLSTATE 53300 |
  * | `ReadOnlyTransaction` | SQLSTATE 25006 (a standby after a failover) |
+ * | `ConnectionsNotAllowed` | SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance) |
  * | `StatementTimeout` | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
  * | `ConnectionClosed` | the connection closed with no SQLSTATE |
  * | `SerializationFailure` | SQLSTATE 40001, for whole transactions only |
@@ -90,6 +91,10 @@ export class ReadOnlyTransaction extends Schema.TaggedError<ReadOnlyTransaction>
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
+export class ConnectionsNotAllowed extends Schema.TaggedError<ConnectionsNotAllowed>()("ConnectionsNotAllowed", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
 export class StatementTimeout extends Schema.TaggedError<StatementTimeout>()("StatementTimeout", fields) {
   readonly isRetryable = true
 }
@@ -129,6 +134,7 @@ export const TransientReason = Schema.Union([
   CrashShutdown,
   TooManyConnections,
   ReadOnlyTransaction,
+  ConnectionsNotAllowed,
   StatementTimeout,
   ConnectionClosed,
   SerializationFailure,
@@ -258,6 +264,8 @@ export const classify = (
     const bySqlState = Object.hasOwn(sqlStateReasons, code) ? sqlStateReasons[code] : undefined
     if (bySqlState !== undefined) return bySqlState(props)
     if (code.startsWith("08")) return new ConnectionException(props)
+    // 55000 has many meanings; while connecting it can only be a database refusing connections for now.
+    if (code === "55000" && phase === "connect") return new ConnectionsNotAllowed(props)
     const byTransaction =
       scope === "transaction" && Object.hasOwn(transactionReasons, code) ? transactionReasons[code] : undefined
     if (byTransaction !== undefined) return byTransaction(props)

@@ -154,6 +154,12 @@ const cases = [
     error: socket("ECONNABORTED", "query", "PgConnection: Socket error"),
     expected: { tag: "ConnectionReset", phase: "sent", outcome: "unknown" }
   },
+  {
+    name: "55000 while connecting (ALLOW_CONNECTIONS false)",
+    error: server((p) => new UnknownError(p), "55000", "connect"),
+    expected: { tag: "ConnectionsNotAllowed", phase: "connect", outcome: "not-applied" }
+  },
+  { name: "55000 on a query (another meaning)", error: server((p) => new UnknownError(p), "55000", "query"), expected: "not transient" },
   // What a killed backend and a dying server really produce: no code at all.
   {
     name: "Connection closed, no SQLSTATE",

