@@ -1,5 +1,7 @@
 /**
  * @since 0.1.0
  */
+export * as FaultProxy from "./FaultProxy.ts"
 export * as LogCapture from "./LogCapture.ts"
 export * as PgServer from "./PgServer.ts"
+export * as ServerFaults from "./ServerFaults.ts"
