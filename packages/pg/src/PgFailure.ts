@@ -91,7 +91,10 @@ export class ReadOnlyTransaction extends Schema.TaggedError<ReadOnlyTransaction>
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
-export class ConnectionsNotAllowed extends Schema.TaggedError<ConnectionsNotAllowed>()("ConnectionsNotAllowed", fields) {
+export class ConnectionsNotAllowed extends Schema.TaggedError<ConnectionsNotAllowed>()(
+  "ConnectionsNotAllowed",
+  fields
+) {
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
@@ -279,6 +282,31 @@ export const classify = (
     return new ConnectionClosed({ phase, message: `${reason.message} (${detail})`, cause })
   }
   return undefined
+}
+
+const sessionLostReasons = new Set<TransientReason["_tag"]>([
+  "NetworkTimeout",
+  "ConnectionReset",
+  "BrokenPipe",
+  "NetworkUnreachable",
+  "ConnectionFailure",
+  "ConnectionDoesNotExist",
+  "ConnectionException",
+  "AdminShutdown",
+  "CrashShutdown",
+  "ConnectionClosed"
+])
+
+/**
+ * Whether a failure means the session itself is gone (as opposed to a
+ * statement the server refused on a live session).
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const sessionLost = (error: SqlError): boolean => {
+  const reason = classify(error)
+  return reason !== undefined && sessionLostReasons.has(reason._tag)
 }
 
 /**

@@ -209,6 +209,8 @@ class Call {
   attempts = 0
 }
 
+const rollbackStatement = /^\s*ROLLBACK\b/i
+
 /** `@effect/sql`'s `Connection` over a native session, noting the SQL it runs in a `Call`. */
 class SqlConnection implements Connection {
   readonly connection: PgConnection.PgConnection
@@ -218,24 +220,28 @@ class SqlConnection implements Connection {
     this.call = call
   }
   /**
-   * Set once a statement on this connection failed because the connection
-   * itself did. Only tracked for connections that outlive one statement
+   * Set once a statement on this connection failed because the session itself
+   * was lost. Only tracked for connections that outlive one statement
    * (transactions): the server has already rolled such a transaction back,
-   * and a ROLLBACK on the dead connection would turn the caller's typed error
-   * into a defect.
+   * and a ROLLBACK on the dead session would fail, which `@effect/sql` turns
+   * into a defect that hides the caller's typed error.
    */
   broken = false
-  private readonly noteBroken = (error: SqlError) => {
-    if (error.reason._tag === "ConnectionError") this.broken = true
-  }
-  private watch<A>(effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
-    return this.call === undefined
-      ? Effect.tapError(effect, (error) => Effect.sync(() => this.noteBroken(error)))
-      : effect
+  private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    if (this.call !== undefined) return effect
+    return Effect.catch(effect, (error) => {
+      if (!PgFailure.sessionLost(error)) return Effect.fail(error)
+      this.broken = true
+      // The session is gone, and the transaction with it: there is nothing left to roll back.
+      return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
+    })
   }
   private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
     if (this.call !== undefined) this.call.sql = sql
-    return this.watch(Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows))
+    return this.watch(
+      sql,
+      Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows)
+    )
   }
   execute(
     sql: string,
@@ -246,15 +252,15 @@ class SqlConnection implements Connection {
   }
   executeRaw(sql: string, params: ReadonlyArray<unknown>) {
     if (this.call !== undefined) this.call.sql = sql
-    return this.watch(this.connection.query(sql, params))
+    return this.watch(sql, this.connection.query(sql, params))
   }
   executeValues(sql: string, params: ReadonlyArray<unknown>) {
     if (this.call !== undefined) this.call.sql = sql
-    return this.watch(this.connection.queryValues(sql, params))
+    return this.watch(sql, this.connection.queryValues(sql, params))
   }
   executeValuesUnprepared(sql: string, params: ReadonlyArray<unknown>) {
     if (this.call !== undefined) this.call.sql = sql
-    return this.watch(this.connection.queryValues(sql, params, false))
+    return this.watch(sql, this.connection.queryValues(sql, params, false))
   }
   executeUnprepared(
     sql: string,

@@ -159,7 +159,11 @@ const cases = [
     error: server((p) => new UnknownError(p), "55000", "connect"),
     expected: { tag: "ConnectionsNotAllowed", phase: "connect", outcome: "not-applied" }
   },
-  { name: "55000 on a query (another meaning)", error: server((p) => new UnknownError(p), "55000", "query"), expected: "not transient" },
+  {
+    name: "55000 on a query (another meaning)",
+    error: server((p) => new UnknownError(p), "55000", "query"),
+    expected: "not transient"
+  },
   // What a killed backend and a dying server really produce: no code at all.
   {
     name: "Connection closed, no SQLSTATE",
@@ -258,6 +262,16 @@ describe("PgFailure.classify", () => {
       assert.strictEqual(reason!.isRetryable, true)
     })
   }
+
+  it("sessionLost: the session is gone after a closed connection, a reset or 57P01; not after 25006, 57014 or 57P03", () => {
+    assert.isTrue(PgFailure.sessionLost(closed("PgConnection: Connection closed", "query")))
+    assert.isTrue(PgFailure.sessionLost(socket("ECONNRESET", "query", "PgConnection: Socket error")))
+    assert.isTrue(PgFailure.sessionLost(server((p) => new UnknownError(p), "57P01", "query")))
+    assert.isFalse(PgFailure.sessionLost(server((p) => new UnknownError(p), "25006", "query")))
+    assert.isFalse(PgFailure.sessionLost(server((p) => new StatementTimeoutError(p), "57014", "query")))
+    assert.isFalse(PgFailure.sessionLost(server((p) => new UnknownError(p), "57P03", "connect")))
+    assert.isFalse(PgFailure.sessionLost(server((p) => new SqlSyntaxError(p), "42601", "query")))
+  })
 
   it("a policy failure survives the round trip through SqlError", () => {
     const reason = PgFailure.classify(socket("ECONNREFUSED", "connect"))!

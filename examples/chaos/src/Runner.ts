@@ -1,0 +1,81 @@
+/**
+ * Drives a workload with concurrent callers and records every call: when it
+ * started, how long it took and how it ended, as a caller sees it.
+ */
+import { ResilientPg } from "@sturdy/pg"
+import { Cause, type Duration, Effect, Exit, Fiber, Option } from "effect"
+import type { SqlClient } from "effect/sql"
+import { randomUUID } from "node:crypto"
+import type { Workload } from "./Workload.ts"
+
+/**
+ * How a call ended: `"ok"`, or the typed failure a caller would match on
+ * (`TransientError:ConnectionRefused`, `OutcomeUnknown:ConnectionClosed`,
+ * `CircuitOpen`, `SqlError:ConnectionError`...), `Hung` when it outlived the
+ * runner's deadline, `Defect:...` for a defect.
+ */
+export type Outcome = string
+
+export interface CallRecord {
+  readonly workload: Workload["name"]
+  readonly id: string
+  /** `performance.now()` at the start. */
+  readonly startedAt: number
+  readonly millis: number
+  readonly outcome: Outcome
+}
+
+/** The name a caller would match a failure on. */
+export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
+  if (Exit.isSuccess(exit)) return "ok"
+  const failure = exit.cause.reasons.find(Cause.isFailReason)
+  if (failure !== undefined) {
+    const error = failure.error as { readonly _tag?: string; readonly reason?: { readonly _tag?: string } }
+    if (error._tag === "CircuitOpen") return "CircuitOpen"
+    return error.reason?._tag === undefined ? String(error._tag) : `${error._tag}:${error.reason._tag}`
+  }
+  const defect = exit.cause.reasons.find(Cause.isDieReason)
+  if (defect !== undefined) return `Defect:${String((defect.defect as Error)?.message ?? defect.defect)}`
+  return "Interrupted"
+}
+
+/**
+ * Runs `concurrency` callers of the workload until `stop` completes, each
+ * waiting `pause` between calls; every call is capped at `deadline` (a call
+ * still running then is recorded as `Hung`, and interrupted).
+ */
+export const run = (options: {
+  readonly workload: Workload
+  readonly sql: SqlClient.SqlClient
+  readonly concurrency: number
+  readonly stop: Effect.Effect<void>
+  readonly deadline: Duration.Input
+  readonly pause: Duration.Input
+  readonly record: (call: CallRecord) => void
+}): Effect.Effect<void> => {
+  let stopped = false
+  const caller = Effect.gen(function* () {
+    while (!stopped) {
+      const id = randomUUID()
+      const startedAt = performance.now()
+      const exit = yield* Effect.exit(
+        ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(Effect.timeoutOption(options.deadline))
+      )
+      const millis = performance.now() - startedAt
+      const outcome = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : outcomeOf(exit)
+      options.record({ workload: options.workload.name, id, startedAt, millis, outcome })
+      yield* Effect.sleep(options.pause)
+    }
+  })
+  return Effect.gen(function* () {
+    const callers = yield* Effect.forkChild(
+      Effect.all(
+        Array.from({ length: options.concurrency }, () => caller),
+        { concurrency: "unbounded", discard: true }
+      )
+    )
+    yield* options.stop
+    stopped = true
+    yield* Fiber.await(callers)
+  })
+}

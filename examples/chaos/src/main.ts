@@ -1,0 +1,376 @@
+/**
+ * `pnpm demo`: the same concurrent workload, twice, under the same scripted
+ * faults: once through plain `@effect/sql-pg`, once through Sturdy. Ends with
+ * a side-by-side summary.
+ *
+ * Options: --duration SECONDS (per run, default 30), --concurrency N (default
+ * 8), --scenario NAME (mixed, latency, resets, restart, 57P03, blackhole),
+ * --json (a machine-readable summary instead of the table).
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { ResilientPg } from "@sturdy/pg"
+import { Breaker } from "@sturdy/resilience"
+import { FaultProxy, PgServer, ServerFaults } from "@sturdy/testing"
+import {
+  Config,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Schedule,
+  type Scope
+} from "effect"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import { SqlClient } from "effect/sql"
+import { parseArgs } from "node:util"
+import * as Runner from "./Runner.ts"
+import * as Workload from "./Workload.ts"
+
+// --- Options -------------------------------------------------------------------
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: "string", default: "30" },
+    concurrency: { type: "string", default: "8" },
+    scenario: { type: "string", default: "mixed" },
+    json: { type: "boolean", default: false }
+  }
+})
+const fail = (message: string): never => {
+  process.stderr.write(`pnpm demo: ${message}\n`)
+  process.exit(2)
+}
+const durationSeconds = Number(args.duration)
+if (!Number.isFinite(durationSeconds) || durationSeconds < 5 || durationSeconds > 600) {
+  fail(`--duration must be a number of seconds between 5 and 600, got ${JSON.stringify(args.duration)}`)
+}
+const concurrency = Number(args.concurrency)
+if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
+  fail(`--concurrency must be an integer between 1 and 256, got ${JSON.stringify(args.concurrency)}`)
+}
+
+// --- The script --------------------------------------------------------------
+
+interface Env {
+  readonly server: PgServer.PgServerService | undefined
+  readonly proxy: FaultProxy.FaultProxyService
+  /** Set when the server has come back from the restart phase. */
+  readonly serverReturned: (at: number) => void
+}
+
+interface Phase {
+  readonly name: string
+  /** Fractions of the run. */
+  readonly from: number
+  readonly to: number
+  readonly inject: (env: Env) => Effect.Effect<void, unknown, Scope.Scope>
+}
+
+const proxyFault = (fault: FaultProxy.Fault, resetFirst: boolean) => (env: Env) =>
+  Effect.acquireRelease(
+    Effect.andThen(env.proxy.set(fault), resetFirst ? Effect.asVoid(env.proxy.resetAll) : Effect.void),
+    () => env.proxy.clear
+  )
+
+const phases = {
+  latency: { name: "latency spike (400 ms)", inject: proxyFault(FaultProxy.latency(400), false) },
+  resets: {
+    name: "connection resets",
+    inject: (env: Env) =>
+      Effect.asVoid(Effect.forkScoped(Effect.repeat(env.proxy.resetAll, Schedule.spaced("300 millis"))))
+  },
+  restart: {
+    name: "server restart",
+    inject: (env: Env) =>
+      env.server === undefined
+        ? // A server we do not own: stand in for the restart at the proxy.
+          Effect.acquireRelease(
+            Effect.andThen(env.proxy.set(FaultProxy.refuse), Effect.asVoid(env.proxy.resetAll)),
+            () =>
+              Effect.andThen(
+                env.proxy.clear,
+                Effect.sync(() => env.serverReturned(performance.now()))
+              )
+          )
+        : Effect.acquireRelease(env.server.stop, () =>
+            Effect.andThen(
+              Effect.orDie(env.server!.start),
+              Effect.sync(() => env.serverReturned(performance.now()))
+            )
+          )
+  },
+  "57P03": {
+    name: "57P03 window (starting up)",
+    inject: proxyFault(FaultProxy.startupError("57P03", "the database system is starting up"), true)
+  },
+  blackhole: { name: "blackhole (longer than the attempt timeout)", inject: proxyFault(FaultProxy.blackhole, true) }
+} as const satisfies Record<string, Omit<Phase, "from" | "to">>
+
+const scenarios: Record<string, ReadonlyArray<Phase>> = {
+  mixed: [
+    { ...phases.latency, from: 0.1, to: 0.2 },
+    { ...phases.resets, from: 0.26, to: 0.34 },
+    { ...phases.restart, from: 0.4, to: 0.55 },
+    { ...phases["57P03"], from: 0.62, to: 0.72 },
+    { ...phases.blackhole, from: 0.78, to: 0.9 }
+  ],
+  ...Object.fromEntries(Object.entries(phases).map(([key, phase]) => [key, [{ ...phase, from: 0.2, to: 0.7 }]]))
+}
+const script =
+  scenarios[args.scenario] ??
+  fail(`--scenario must be one of ${Object.keys(scenarios).join(", ")}, got ${JSON.stringify(args.scenario)}`)
+
+// --- The two clients ---------------------------------------------------------
+
+const attemptTimeout = Duration.seconds(2)
+const poolSize = 10
+
+const clients = {
+  plain: (url: Redacted.Redacted<string>) =>
+    PgClient.layer({ url, applicationName: "sturdy-demo-plain", maxConnections: poolSize }),
+  sturdy: (url: Redacted.Redacted<string>) =>
+    ResilientPg.layer({
+      url,
+      applicationName: "sturdy-demo-sturdy",
+      maxConnections: poolSize,
+      profile: "development",
+      attemptTimeout,
+      breakerOpenDuration: Breaker.exponentialOpenDuration({ from: "250 millis", max: "2 seconds" })
+    })
+}
+
+// --- Running -------------------------------------------------------------------
+
+interface Summary {
+  readonly client: "plain" | "sturdy"
+  readonly calls: number
+  readonly succeeded: number
+  readonly successRate: number
+  readonly failuresByReason: Readonly<Record<string, number>>
+  readonly lostWrites: number
+  readonly duplicatedWrites: number
+  readonly p50Millis: number
+  readonly p99Millis: number
+  /** From the server's return (end of the restart phase) to the first call that succeeded after it. */
+  readonly recoveryMillis: number | undefined
+}
+
+const percentile = (sorted: ReadonlyArray<number>, q: number) =>
+  sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!
+
+const tty = process.stdout.isTTY === true && !args.json
+const write = (text: string) => Effect.sync(() => process.stdout.write(text))
+
+const runOnce = (
+  name: "plain" | "sturdy",
+  env: Omit<Env, "serverReturned">,
+  verify: SqlClient.SqlClient,
+  runIndex: number
+) =>
+  Effect.gen(function* () {
+    const context = yield* Layer.build(clients[name](env.proxy.url) as Layer.Layer<SqlClient.SqlClient, unknown>)
+    const sql = Context.get(context, SqlClient.SqlClient)
+    const resilient = Context.getOption(context as Context.Context<never>, ResilientPg.ResilientPg)
+    const breakerState = Option.match(resilient, {
+      onNone: () => Effect.succeed("-"),
+      onSome: (service) => Effect.map(service.breakerState, (state) => state._tag as string)
+    })
+    const records: Array<Runner.CallRecord> = []
+    let returnedAt: number | undefined
+    const runEnv: Env = { ...env, serverReturned: (at) => (returnedAt = at) }
+
+    // Each run writes to tables of its own.
+    const mixed: Workload.Workload = {
+      name: "inserts",
+      writes: true,
+      setup: () => Effect.void,
+      call: (sql, id) => byName[kindOf(id)].call(sql, id),
+      verify: () => Effect.succeed({ lost: 0, duplicated: 0 })
+    }
+
+    const totalMillis = durationSeconds * 1000
+    const started = performance.now()
+    const stop = yield* Deferred.make<void>()
+    const workload = yield* Effect.forkChild(
+      Runner.run({
+        workload: mixed,
+        sql,
+        concurrency,
+        stop: Deferred.await(stop),
+        deadline: "15 seconds",
+        pause: "50 millis",
+        record: (call) => records.push(call)
+      })
+    )
+    let current = "steady"
+    const faults = yield* Effect.forkChild(
+      Effect.forEach(
+        script,
+        (phase) =>
+          Effect.gen(function* () {
+            const wait = started + phase.from * totalMillis - performance.now()
+            if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+            current = phase.name
+            yield* Effect.scoped(
+              Effect.andThen(
+                phase.inject(runEnv),
+                Effect.sleep(Duration.millis(Math.max(0, started + phase.to * totalMillis - performance.now())))
+              )
+            )
+            current = "steady"
+          }),
+        { discard: true }
+      )
+    )
+    const ticker = yield* Effect.forkChild(
+      Effect.repeat(
+        Effect.gen(function* () {
+          const elapsed = (performance.now() - started) / totalMillis
+          const ok = records.filter((r) => r.outcome === "ok").length
+          const failed = records.length - ok
+          const latencies = records
+            .slice(-500)
+            .map((r) => r.millis)
+            .sort((a, b) => a - b)
+          const breaker = yield* breakerState
+          const bar = "#".repeat(Math.round(Math.min(1, elapsed) * 24)).padEnd(24, ".")
+          const line = `[${bar}] ${String(Math.round(Math.min(1, elapsed) * 100)).padStart(3)}% run ${runIndex}/2 ${name.padEnd(6)} | ${current.padEnd(44)} | breaker ${breaker.padEnd(8)} | ok ${ok} failed ${failed} | p50 ${percentile(latencies, 0.5).toFixed(0)} ms p99 ${percentile(latencies, 0.99).toFixed(0)} ms`
+          if (tty) yield* write(`\r${line.slice(0, (process.stdout.columns ?? 160) - 1)}`)
+          else if (!args.json) yield* write(`${line}\n`)
+        }),
+        Schedule.spaced(tty ? "250 millis" : "2 seconds")
+      )
+    )
+    yield* Fiber.join(faults)
+    yield* Effect.sleep(Duration.millis(Math.max(0, started + totalMillis - performance.now())))
+    yield* Deferred.succeed(stop, undefined)
+    yield* Fiber.join(workload)
+    yield* Fiber.interrupt(ticker)
+    if (tty) yield* write("\n")
+
+    const ok = records.filter((r) => r.outcome === "ok")
+    const writes = (workload: Workload.Workload) => {
+      const mine = records.filter((r) => kindOf(r.id) === workload.name)
+      return {
+        acknowledged: new Set(mine.filter((r) => r.outcome === "ok").map((r) => r.id)),
+        attempted: new Set(mine.map((r) => r.id))
+      }
+    }
+    let lost = 0
+    let duplicated = 0
+    for (const workload of [Workload.idempotentUpserts, Workload.inserts]) {
+      const { acknowledged, attempted } = writes(workload)
+      const checked = yield* workload.verify(verify, acknowledged, attempted)
+      lost += checked.lost
+      duplicated += checked.duplicated
+    }
+    const failuresByReason: Record<string, number> = {}
+    for (const r of records)
+      if (r.outcome !== "ok") failuresByReason[r.outcome] = (failuresByReason[r.outcome] ?? 0) + 1
+    const firstAfterReturn =
+      returnedAt === undefined
+        ? undefined
+        : ok
+            .map((r) => r.startedAt + r.millis)
+            .filter((end) => end >= returnedAt!)
+            .sort((a, b) => a - b)[0]
+    const latencies = records.map((r) => r.millis).sort((a, b) => a - b)
+    return {
+      client: name,
+      calls: records.length,
+      succeeded: ok.length,
+      successRate: records.length === 0 ? 0 : (ok.length / records.length) * 100,
+      failuresByReason,
+      lostWrites: lost,
+      duplicatedWrites: duplicated,
+      p50Millis: percentile(latencies, 0.5),
+      p99Millis: percentile(latencies, 0.99),
+      recoveryMillis:
+        firstAfterReturn === undefined || returnedAt === undefined ? undefined : firstAfterReturn - returnedAt
+    } satisfies Summary
+  }).pipe(Effect.scoped)
+
+/** Which workload a call of the mixed workload runs: half reads, a quarter upserts, a quarter plain inserts. */
+const kindOf = (id: string): "reads" | "idempotent upserts" | "inserts" => {
+  const dice = id.charCodeAt(0) % 4
+  return dice < 2 ? "reads" : dice === 2 ? "idempotent upserts" : "inserts"
+}
+const byName = {
+  reads: Workload.reads,
+  "idempotent upserts": Workload.idempotentUpserts,
+  inserts: Workload.inserts
+} as const
+
+const summaryTable = (summaries: ReadonlyArray<Summary>) => {
+  const [plain, sturdy] = summaries as [Summary, Summary]
+  const reasons = [...new Set(summaries.flatMap((s) => Object.keys(s.failuresByReason)))].sort()
+  const rows: Array<[string, string, string]> = [
+    ["", "plain @effect/sql-pg", "Sturdy"],
+    ["calls", String(plain.calls), String(sturdy.calls)],
+    ["success rate", `${plain.successRate.toFixed(1)} %`, `${sturdy.successRate.toFixed(1)} %`],
+    ["lost writes", String(plain.lostWrites), String(sturdy.lostWrites)],
+    ["duplicated writes", String(plain.duplicatedWrites), String(sturdy.duplicatedWrites)],
+    [
+      "server back -> first success",
+      plain.recoveryMillis === undefined ? "-" : `${(plain.recoveryMillis / 1000).toFixed(2)} s`,
+      sturdy.recoveryMillis === undefined ? "-" : `${(sturdy.recoveryMillis / 1000).toFixed(2)} s`
+    ],
+    [
+      "latency p50 / p99",
+      `${plain.p50Millis.toFixed(0)} / ${plain.p99Millis.toFixed(0)} ms`,
+      `${sturdy.p50Millis.toFixed(0)} / ${sturdy.p99Millis.toFixed(0)} ms`
+    ],
+    ["failures surfaced to callers:", "", ""],
+    ...reasons.map((reason): [string, string, string] => [
+      `  ${reason}`,
+      String(plain.failuresByReason[reason] ?? 0),
+      String(sturdy.failuresByReason[reason] ?? 0)
+    ])
+  ]
+  const widths = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)))
+  return rows
+    .map((row) => `${row[0].padEnd(widths[0]!)}   ${row[1].padStart(widths[1]!)}   ${row[2].padStart(widths[2]!)}`)
+    .join("\n")
+}
+
+const program = Effect.gen(function* () {
+  const databaseUrl = yield* Config.option(Config.Redacted("DATABASE_URL"))
+  const server = Option.isSome(databaseUrl) ? undefined : yield* PgServer.makeEmbedded
+  const external = Option.isSome(databaseUrl) ? yield* Layer.build(PgServer.layer) : undefined
+  const target = server ?? Context.get(external!, PgServer.PgServer)
+  const database = yield* ServerFaults.database(target)
+  const verify = yield* PgClient.make({
+    url: database.url,
+    applicationName: "sturdy-demo-verify",
+    maxConnections: 1
+  }).pipe(Effect.provide(Reactivity.layer))
+  const proxy = yield* FaultProxy.make({ host: target.host, port: target.port, url: database.url })
+  for (const workload of [Workload.reads, Workload.idempotentUpserts, Workload.inserts]) yield* workload.setup(verify)
+
+  if (!args.json) {
+    yield* write(
+      `${server ? `Embedded PostgreSQL 18 on 127.0.0.1:${target.port}` : "DATABASE_URL's server (its restart is simulated at the proxy)"}; ` +
+        `clients connect through a fault-injecting proxy on 127.0.0.1:${proxy.port}.\n` +
+        `Workload: ${concurrency} concurrent callers, reads, idempotent upserts and plain inserts, for ${durationSeconds} s per run.\n` +
+        `Script: ${script.map((p) => `${p.name} at ${Math.round(p.from * durationSeconds)}-${Math.round(p.to * durationSeconds)} s`).join("; ")}.\n` +
+        `Sturdy: development profile (3 retries, backoff 1 s x 2^n + jitter), attempt timeout 2 s, breaker opens after 5 failed attempts, open 250 ms doubling to 2 s.\n\n`
+    )
+  }
+  const env = { server, proxy }
+  const plain = yield* runOnce("plain", env, verify, 1)
+  const sturdy = yield* runOnce("sturdy", env, verify, 2)
+  if (args.json) {
+    yield* write(
+      `${JSON.stringify({ durationSeconds, concurrency, scenario: args.scenario, plain, sturdy }, null, 2)}\n`
+    )
+  } else {
+    yield* write(`\n${summaryTable([plain, sturdy])}\n`)
+  }
+})
+
+NodeRuntime.runMain(Effect.scoped(program))
