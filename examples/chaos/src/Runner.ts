@@ -3,7 +3,7 @@
  * started, how long it took and how it ended, as a caller sees it.
  */
 import { ResilientPg } from "@sturdy/pg"
-import { Cause, type Duration, Effect, Exit, Fiber, Option } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, FiberSet, Option } from "effect"
 import type { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
 import type { Workload } from "./Workload.ts"
@@ -38,6 +38,71 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
   if (defect !== undefined) return `Defect:${String((defect.defect as Error)?.message ?? defect.defect)}`
   return "Interrupted"
 }
+
+const callOnce = (options: {
+  readonly workload: Workload
+  readonly sql: SqlClient.SqlClient
+  readonly deadline: Duration.Input
+  readonly record: (call: CallRecord) => void
+}) =>
+  Effect.suspend(() => {
+    const id = randomUUID()
+    const startedAt = performance.now()
+    return Effect.exit(
+      ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(Effect.timeoutOption(options.deadline))
+    ).pipe(
+      Effect.map((exit) => {
+        const outcome = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : outcomeOf(exit)
+        options.record({
+          workload: options.workload.name,
+          id,
+          startedAt,
+          millis: performance.now() - startedAt,
+          outcome
+        })
+      })
+    )
+  })
+
+/**
+ * Requests arriving at a fixed rate, each in a fiber of its own, whatever
+ * happened to the earlier ones: how a server sees its users. Unlike callers
+ * that loop, a client that fails fast does not make more calls (and more
+ * failures) than one that hangs. Stops issuing when `stop` completes, then
+ * waits for the requests in flight.
+ */
+export const runOpenLoop = (options: {
+  readonly workload: Workload
+  readonly sql: SqlClient.SqlClient
+  readonly perSecond: number
+  readonly stop: Effect.Effect<void>
+  readonly deadline: Duration.Input
+  readonly record: (call: CallRecord) => void
+}): Effect.Effect<void> =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const inFlight = yield* FiberSet.make()
+      const interval = Duration.millis(1000 / options.perSecond)
+      const started = performance.now()
+      let issued = 0
+      const ticker = yield* Effect.forkChild(
+        Effect.forever(
+          Effect.gen(function* () {
+            // Catch up after a slow tick, so the rate holds over time.
+            const due = Math.floor((performance.now() - started) / Duration.toMillis(interval)) + 1
+            while (issued < due) {
+              issued++
+              yield* FiberSet.run(inFlight, callOnce(options))
+            }
+            yield* Effect.sleep(interval)
+          })
+        )
+      )
+      yield* options.stop
+      yield* Fiber.interrupt(ticker)
+      yield* FiberSet.awaitEmpty(inFlight)
+    })
+  )
 
 /**
  * Runs `concurrency` callers of the workload until `stop` completes, each

@@ -20,6 +20,7 @@ import {
   Effect,
   Fiber,
   Layer,
+  Logger,
   Option,
   Redacted,
   Schedule,
@@ -38,6 +39,7 @@ const { values: args } = parseArgs({
     duration: { type: "string", default: "30" },
     concurrency: { type: "string", default: "8" },
     scenario: { type: "string", default: "mixed" },
+    "when-circuit-open": { type: "string", default: "wait-and-retry" },
     json: { type: "boolean", default: false }
   }
 })
@@ -48,6 +50,10 @@ const fail = (message: string): never => {
 const durationSeconds = Number(args.duration)
 if (!Number.isFinite(durationSeconds) || durationSeconds < 5 || durationSeconds > 600) {
   fail(`--duration must be a number of seconds between 5 and 600, got ${JSON.stringify(args.duration)}`)
+}
+const whenCircuitOpen = args["when-circuit-open"]
+if (whenCircuitOpen !== "fail-fast" && whenCircuitOpen !== "wait-and-retry") {
+  fail(`--when-circuit-open must be fail-fast or wait-and-retry, got ${JSON.stringify(whenCircuitOpen)}`)
 }
 const concurrency = Number(args.concurrency)
 if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
@@ -140,7 +146,8 @@ const clients = {
       maxConnections: poolSize,
       profile: "development",
       attemptTimeout,
-      breakerOpenDuration: Breaker.exponentialOpenDuration({ from: "250 millis", max: "2 seconds" })
+      breakerOpenDuration: Breaker.exponentialOpenDuration({ from: "200 millis", max: "1 second" }),
+      whenCircuitOpen: whenCircuitOpen as "fail-fast" | "wait-and-retry"
     })
 }
 
@@ -173,7 +180,10 @@ const runOnce = (
   runIndex: number
 ) =>
   Effect.gen(function* () {
-    const context = yield* Layer.build(clients[name](env.proxy.url) as Layer.Layer<SqlClient.SqlClient, unknown>)
+    // The status line tells the story; the clients' own logs would drown it.
+    const context = yield* Layer.build(
+      (clients[name](env.proxy.url) as Layer.Layer<SqlClient.SqlClient, unknown>).pipe(Layer.provide(Logger.layer([])))
+    )
     const sql = Context.get(context, SqlClient.SqlClient)
     const resilient = Context.getOption(context as Context.Context<never>, ResilientPg.ResilientPg)
     const breakerState = Option.match(resilient, {
@@ -197,13 +207,12 @@ const runOnce = (
     const started = performance.now()
     const stop = yield* Deferred.make<void>()
     const workload = yield* Effect.forkChild(
-      Runner.run({
+      Runner.runOpenLoop({
         workload: mixed,
         sql,
-        concurrency,
+        perSecond: concurrency * 10,
         stop: Deferred.await(stop),
         deadline: "15 seconds",
-        pause: "50 millis",
         record: (call) => records.push(call)
       })
     )
@@ -338,7 +347,7 @@ const summaryTable = (summaries: ReadonlyArray<Summary>) => {
     .join("\n")
 }
 
-const program = Effect.gen(function* () {
+const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
   const databaseUrl = yield* Config.option(Config.Redacted("DATABASE_URL"))
   const server = Option.isSome(databaseUrl) ? undefined : yield* PgServer.makeEmbedded
   const external = Option.isSome(databaseUrl) ? yield* Layer.build(PgServer.layer) : undefined
@@ -358,7 +367,7 @@ const program = Effect.gen(function* () {
         `clients connect through a fault-injecting proxy on 127.0.0.1:${proxy.port}.\n` +
         `Workload: ${concurrency} concurrent callers, reads, idempotent upserts and plain inserts, for ${durationSeconds} s per run.\n` +
         `Script: ${script.map((p) => `${p.name} at ${Math.round(p.from * durationSeconds)}-${Math.round(p.to * durationSeconds)} s`).join("; ")}.\n` +
-        `Sturdy: development profile (3 retries, backoff 1 s x 2^n + jitter), attempt timeout 2 s, breaker opens after 5 failed attempts, open 250 ms doubling to 2 s.\n\n`
+        `Sturdy: development profile (3 retries, backoff 1 s x 2^n + jitter), attempt timeout 2 s, breaker opens after 5 failed attempts, open 200 ms doubling to 1 s, rejected retries ${whenCircuitOpen === "wait-and-retry" ? "wait for the breaker (--when-circuit-open wait-and-retry)" : "fail at once (--when-circuit-open fail-fast)"}.\n\n`
     )
   }
   const env = { server, proxy }
@@ -373,4 +382,4 @@ const program = Effect.gen(function* () {
   }
 })
 
-NodeRuntime.runMain(Effect.scoped(program))
+NodeRuntime.runMain(Effect.scoped(program).pipe(Effect.provide(Logger.layer([]))))

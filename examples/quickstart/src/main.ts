@@ -114,7 +114,7 @@ const program = Effect.gen(function* () {
       )} s), ${outcomes.length - succeeded} failed.`
     )
     if (succeeded !== outcomes.length) return yield* Effect.fail(new Error("some calls failed"))
-  }).pipe(Effect.provide(Layer.merge(database, Logger.layer([retryPrinter]))))
+  }).pipe(Effect.provide(Layer.provideMerge(database, Logger.layer([retryPrinter]))))
 })
 
 NodeRuntime.runMain(Effect.scoped(program))

@@ -298,6 +298,22 @@ const sessionLostReasons = new Set<TransientReason["_tag"]>([
 ])
 
 /**
+ * Whether a transient failure is evidence that the server cannot serve, for
+ * the circuit breaker: every failure in the connect phase, every timeout,
+ * a crash; not a session lost mid-statement (the next attempt reconnects, and
+ * counts if that fails) nor a read-only refusal (the server answered).
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const countsAgainstBreaker = (reason: TransientReason): boolean =>
+  reason.phase === "connect" ||
+  reason._tag === "AttemptTimeout" ||
+  reason._tag === "StatementTimeout" ||
+  reason._tag === "NetworkTimeout" ||
+  reason._tag === "CrashShutdown"
+
+/**
  * Whether a failure means the session itself is gone (as opposed to a
  * statement the server refused on a live session).
  *

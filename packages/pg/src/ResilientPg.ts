@@ -104,6 +104,15 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
    */
   readonly sentPhaseRetry?: "safe" | "always" | undefined
   /**
+   * What a retry does when the breaker rejects its attempt: `"fail-fast"`
+   * (default) ends the call with `CircuitOpen` at once; `"wait-and-retry"`
+   * counts the rejection as a failed attempt and waits at least the
+   * rejection's `retryAfter` before the next one, within the profile's
+   * retries, so calls ride out outages shorter than their retry budget while
+   * the breaker keeps every attempt but its probe off the server.
+   */
+  readonly whenCircuitOpen?: "fail-fast" | "wait-and-retry" | undefined
+  /**
    * What to do when the database is down at start-up: `"degraded"` (default)
    * builds the layer and keeps probing; `"fail"` fails it with
    * `StartupHealthCheckFailed`.
@@ -299,6 +308,7 @@ const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
 const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
 
 const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
+const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
 
 const isPostgresUrl = (url: string): boolean => {
   try {
@@ -318,6 +328,12 @@ const validateOptions = (options: Options): Profile.Profile => {
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
   if (sentPhaseRetry !== "safe" && sentPhaseRetry !== "always") {
     throw new RangeError(`${fn}: sentPhaseRetry must be "safe" or "always", got ${JSON.stringify(sentPhaseRetry)}`)
+  }
+  const whenCircuitOpen = options.whenCircuitOpen ?? "fail-fast"
+  if (whenCircuitOpen !== "fail-fast" && whenCircuitOpen !== "wait-and-retry") {
+    throw new RangeError(
+      `${fn}: whenCircuitOpen must be "fail-fast" or "wait-and-retry", got ${JSON.stringify(whenCircuitOpen)}`
+    )
   }
   return Profile.override(Profile.byName(profileName), options, fn)
 }
@@ -521,27 +537,51 @@ export const make = Effect.fnUntraced(function* (
   }
 
   /** Infrastructure failures count against the breaker; an answer from the server, even an error, is a success. */
+  /**
+   * What an attempt tells the breaker about the server. A failure to get a
+   * working session (refused, unresolvable, 57P03, 53300, a connect or pool
+   * timeout) and a statement that timed out are failures; an answer, even an
+   * error, is a success; a session lost mid-statement says nothing about the
+   * server (the retry's next attempt will reconnect, and count if that fails),
+   * and neither does a read-only refusal, which the server answered.
+   */
   const breakerOutcome = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome => {
     if (Exit.isSuccess(exit)) {
       recorder.consecutiveFailures = 0
       return "Success"
     }
     const error = Exit.findErrorOption(exit)
-    if (error._tag === "Some" && (isTransientError(error.value) || Predicate.isTagged(error.value, "OutcomeUnknown"))) {
-      recorder.consecutiveFailures++
-      return "Failure"
+    if (error._tag === "None") return "Ignored"
+    const failure = error.value
+    if (!isTransientError(failure) && !Predicate.isTagged(failure, "OutcomeUnknown")) {
+      recorder.consecutiveFailures = 0
+      return "Success"
     }
-    if (error._tag === "Some") recorder.consecutiveFailures = 0
-    return error._tag === "Some" ? "Success" : "Ignored"
+    if (!PgFailure.countsAgainstBreaker((failure as PgFailure.TransientError | PgFailure.OutcomeUnknown).reason)) {
+      return "Ignored"
+    }
+    recorder.consecutiveFailures++
+    return "Failure"
   }
 
-  const policy = Retry.schedule(Profile.backoffOptions(profile), isTransientError).pipe(
+  const whenCircuitOpen = options.whenCircuitOpen ?? "fail-fast"
+  const shouldRetry = (failure: unknown) =>
+    isTransientError(failure) || (whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
+  const policy = Retry.schedule(Profile.backoffOptions(profile), shouldRetry).pipe(
+    // A rejected attempt waits at least until the breaker lets a probe through.
+    Schedule.modifyDelay((meta) =>
+      Effect.succeed(isCircuitOpen(meta.input) ? Duration.max(meta.duration, meta.input.retryAfter) : meta.duration)
+    ),
     Schedule.tap((meta) =>
       Effect.logWarning("Retrying a failed database call").pipe(
         Effect.annotateLogs({
           "sturdy.event": "retry",
-          "sturdy.reason": (meta.input as PgFailure.TransientError).reason._tag,
-          "sturdy.phase": (meta.input as PgFailure.TransientError).reason.phase,
+          "sturdy.reason": isCircuitOpen(meta.input)
+            ? "CircuitOpen"
+            : (meta.input as PgFailure.TransientError).reason._tag,
+          "sturdy.phase": isCircuitOpen(meta.input)
+            ? "connect"
+            : (meta.input as PgFailure.TransientError).reason.phase,
           "sturdy.attempt": meta.attempt + 1,
           "sturdy.attempts": profile.retriesAfterFirst + 1,
           "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))

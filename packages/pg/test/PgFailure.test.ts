@@ -1,5 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { PgFailure } from "@sturdy/pg"
+import { Transient } from "@sturdy/resilience"
+import { Duration } from "effect"
 import {
   AuthenticationError,
   AuthorizationError,
@@ -271,6 +273,21 @@ describe("PgFailure.classify", () => {
     assert.isFalse(PgFailure.sessionLost(server((p) => new StatementTimeoutError(p), "57014", "query")))
     assert.isFalse(PgFailure.sessionLost(server((p) => new UnknownError(p), "57P03", "connect")))
     assert.isFalse(PgFailure.sessionLost(server((p) => new SqlSyntaxError(p), "42601", "query")))
+  })
+
+  it("countsAgainstBreaker: failing to get a session and timeouts count; a session lost mid-statement and 25006 do not", () => {
+    const counts = (error: SqlError) => PgFailure.countsAgainstBreaker(PgFailure.classify(error)!)
+    assert.isTrue(counts(socket("ECONNREFUSED", "connect")))
+    assert.isTrue(counts(server((p) => new UnknownError(p), "57P03", "connect")))
+    assert.isTrue(counts(server((p) => new UnknownError(p), "53300", "connect")))
+    assert.isTrue(counts(closed("PgConnection: Connection timed out", "connect")))
+    assert.isTrue(counts(server((p) => new StatementTimeoutError(p), "57014", "query")))
+    assert.isTrue(counts(server((p) => new UnknownError(p), "57P02", "query")))
+    assert.isFalse(counts(closed("PgConnection: Connection closed", "query")))
+    assert.isFalse(counts(socket("ECONNRESET", "query", "PgConnection: Socket error")))
+    assert.isFalse(counts(server((p) => new UnknownError(p), "57P01", "query")))
+    assert.isFalse(counts(server((p) => new UnknownError(p), "25006", "query")))
+    assert.isTrue(PgFailure.countsAgainstBreaker(new Transient.AttemptTimeout({ phase: "sent", timeout: Duration.seconds(1) })))
   })
 
   it("a policy failure survives the round trip through SqlError", () => {

@@ -33,6 +33,7 @@
  * @since 0.1.0
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as PgConnection from "@effect/sql-pg/PgConnection"
 import { Config, Context, Deferred, Effect, Exit, Layer, Option, Redacted, Schema, Scope, Semaphore } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type { SqlError } from "effect/sql/SqlError"
@@ -71,6 +72,13 @@ export interface PgServerService {
   readonly url: Redacted.Redacted<string>
   /** The admin connection: a separate pool, never part of the system under test. */
   readonly admin: PgClient.PgClient
+  /**
+   * Runs one admin statement on a connection of its own, opened and closed for
+   * it. For finalizers: a pool cannot replace a dead connection while the
+   * scope it belongs to is closing, so `admin` there can wait forever after a
+   * restart.
+   */
+  readonly execute: (sql: string) => Effect.Effect<void, SqlError>
   /** Stops the server with a fast shutdown (sessions get 57P01). Fails for an external server. */
   readonly stop: Effect.Effect<void, PgServerError>
   /** Starts a stopped server on the same port and data directory. Fails for an external server. */
@@ -135,7 +143,25 @@ const makeAdmin = (options: {
     connectTimeout: "5 seconds"
   }).pipe(Effect.provide(Reactivity.layer))
 
-const adminHelpers = (admin: PgClient.PgClient) => ({
+const adminHelpers = (
+  admin: PgClient.PgClient,
+  connection: { readonly host: string; readonly port: number; readonly database: string; readonly user: string; readonly password: Redacted.Redacted<string> }
+) => ({
+  execute: (sql: string) =>
+    Effect.scoped(
+      Effect.flatMap(
+        PgConnection.make({
+          host: connection.host,
+          port: connection.port,
+          database: connection.database,
+          username: connection.user,
+          password: connection.password,
+          applicationName: adminApplicationName,
+          connectTimeout: "5 seconds"
+        }),
+        (session) => Effect.asVoid(session.query(sql))
+      )
+    ),
   terminateBackends: (applicationName: string) =>
     Effect.map(
       admin<{ readonly killed: number }>`
@@ -321,7 +347,7 @@ export const makeEmbedded: Effect.Effect<PgServerService, PgServerError | SqlErr
       stop,
       start,
       smartShutdown,
-      ...adminHelpers(admin),
+      ...adminHelpers(admin, { host, port, database, user, password }),
       serverLog: Effect.sync(() => log.slice())
     } satisfies PgServerService
   }
@@ -360,7 +386,7 @@ const fromUrl = (
       stop: notOwned("stop"),
       start: notOwned("start"),
       smartShutdown: notOwned("smartShutdown"),
-      ...adminHelpers(admin),
+      ...adminHelpers(admin, { host, port, database, user, password }),
       serverLog: Effect.succeed([])
     } satisfies PgServerService
   })

@@ -72,8 +72,8 @@ export const database = (
       () =>
         Effect.ignore(
           Effect.andThen(
-            server.admin.unsafe(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
-            server.admin.unsafe(`DROP ROLE IF EXISTS ${role}`)
+            server.execute(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
+            server.execute(`DROP ROLE IF EXISTS ${role}`)
           )
         )
     )
@@ -97,7 +97,7 @@ export const connectionLimit = (
   }
   return Effect.asVoid(
     Effect.acquireRelease(server.admin.unsafe(`ALTER ROLE ${role} CONNECTION LIMIT ${limit}`), () =>
-      Effect.ignore(server.admin.unsafe(`ALTER ROLE ${role} CONNECTION LIMIT -1`))
+      Effect.ignore(server.execute(`ALTER ROLE ${role} CONNECTION LIMIT -1`))
     )
   )
 }
@@ -115,7 +115,7 @@ export const disallowConnections = (
 ): Effect.Effect<void, SqlError, Scope.Scope> =>
   Effect.asVoid(
     Effect.acquireRelease(server.admin.unsafe(`ALTER DATABASE ${database} ALLOW_CONNECTIONS false`), () =>
-      Effect.ignore(server.admin.unsafe(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`))
+      Effect.ignore(server.execute(`ALTER DATABASE ${database} ALLOW_CONNECTIONS true`))
     )
   )
 
@@ -143,8 +143,10 @@ export const readOnly = (
       () =>
         Effect.ignore(
           Effect.andThen(
-            server.admin.unsafe(`ALTER DATABASE ${database} RESET default_transaction_read_only`),
-            server.terminateBackends(applicationName)
+            server.execute(`ALTER DATABASE ${database} RESET default_transaction_read_only`),
+            server.execute(
+              `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '${applicationName.replaceAll("'", "''")}'`
+            )
           )
         )
     )
