@@ -4,8 +4,10 @@
  * a side-by-side summary.
  *
  * Options: --duration SECONDS (per run, default 30), --concurrency N (default
- * 8), --scenario NAME (mixed, latency, resets, restart, 57P03, blackhole),
- * --json (a machine-readable summary instead of the table).
+ * 8: N x 10 requests per second, arriving at a fixed rate), --scenario NAME
+ * (mixed, latency, resets, restart, 57P03, blackhole), --when-circuit-open
+ * (wait-and-retry, the default here, or fail-fast), --json (a
+ * machine-readable summary instead of the table).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import * as PgClient from "@effect/sql-pg/PgClient"
@@ -365,7 +367,7 @@ const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* 
     yield* write(
       `${server ? `Embedded PostgreSQL 18 on 127.0.0.1:${target.port}` : "DATABASE_URL's server (its restart is simulated at the proxy)"}; ` +
         `clients connect through a fault-injecting proxy on 127.0.0.1:${proxy.port}.\n` +
-        `Workload: ${concurrency} concurrent callers, reads, idempotent upserts and plain inserts, for ${durationSeconds} s per run.\n` +
+        `Workload: ${concurrency * 10} requests/s arriving at a fixed rate (--concurrency ${concurrency} x 10/s): half reads, a quarter idempotent upserts, a quarter plain inserts, for ${durationSeconds} s per run.\n` +
         `Script: ${script.map((p) => `${p.name} at ${Math.round(p.from * durationSeconds)}-${Math.round(p.to * durationSeconds)} s`).join("; ")}.\n` +
         `Sturdy: development profile (3 retries, backoff 1 s x 2^n + jitter), attempt timeout 2 s, breaker opens after 5 failed attempts, open 200 ms doubling to 1 s, rejected retries ${whenCircuitOpen === "wait-and-retry" ? "wait for the breaker (--when-circuit-open wait-and-retry)" : "fail at once (--when-circuit-open fail-fast)"}.\n\n`
     )

@@ -579,9 +579,7 @@ export const make = Effect.fnUntraced(function* (
           "sturdy.reason": isCircuitOpen(meta.input)
             ? "CircuitOpen"
             : (meta.input as PgFailure.TransientError).reason._tag,
-          "sturdy.phase": isCircuitOpen(meta.input)
-            ? "connect"
-            : (meta.input as PgFailure.TransientError).reason.phase,
+          "sturdy.phase": isCircuitOpen(meta.input) ? "connect" : (meta.input as PgFailure.TransientError).reason.phase,
           "sturdy.attempt": meta.attempt + 1,
           "sturdy.attempts": profile.retriesAfterFirst + 1,
           "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
@@ -883,6 +881,8 @@ const databaseUrl = Config.schema(
  * | `STURDY_RETRIES`, `STURDY_BACKOFF_BASE`, `STURDY_BACKOFF_JITTER`, `STURDY_ATTEMPT_TIMEOUT`, `STURDY_HEALTH_CHECK_INTERVAL` | profile overrides | the profile's |
  * | `STURDY_POOL_SIZE` | the pool's maximum connections, integer >= 1 | 10 |
  * | `STURDY_SENT_PHASE_RETRY` | `safe` or `always` | `safe` |
+ * | `STURDY_WHEN_CIRCUIT_OPEN` | `fail-fast` or `wait-and-retry` | `fail-fast` |
+ * | `STURDY_HEALTH_ON_STARTUP` | `degraded` or `fail` | `degraded` |
  *
  * @since 0.1.0
  * @category config
@@ -892,10 +892,11 @@ export const config: Config.Config<Options> = Config.all({
   profile: Profile.config,
   maxConnections: Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")),
   sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
-  healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP"))
+  healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP")),
+  whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN"))
 }).pipe(
   Config.map(
-    ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup }): Options => ({
+    ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
       url,
       profile: profile.name,
       retriesAfterFirst: profile.retriesAfterFirst,
@@ -908,7 +909,8 @@ export const config: Config.Config<Options> = Config.all({
       breakerOpenDuration: profile.breakerOpenDuration,
       maxConnections: Option.getOrUndefined(maxConnections),
       sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
-      healthOnStartup: Option.getOrUndefined(healthOnStartup)
+      healthOnStartup: Option.getOrUndefined(healthOnStartup),
+      whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen)
     })
   )
 )

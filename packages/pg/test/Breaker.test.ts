@@ -163,41 +163,45 @@ describe("the breaker inside ResilientPg, against a real server", () => {
           assert.strictEqual(stats.retries, 15)
           assert.strictEqual((yield* service.breakerState)._tag, "Closed")
         }).pipe(Effect.provide(layer))
-      }))
+      })
+    )
 
-    it.effect("whenCircuitOpen \"wait-and-retry\": a call waits for the breaker and rides out a short outage (TestClock)", () =>
-      Effect.gen(function* () {
-        const server = yield* PgServer.PgServer
-        const logs = yield* LogCapture.make
-        const { layer } = resilient(server, {
-          profile: "development",
-          breakerFailures: 1,
-          breakerOpenDuration: "1500 millis",
-          whenCircuitOpen: "wait-and-retry"
+    it.effect(
+      'whenCircuitOpen "wait-and-retry": a call waits for the breaker and rides out a short outage (TestClock)',
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const logs = yield* LogCapture.make
+          const { layer } = resilient(server, {
+            profile: "development",
+            breakerFailures: 1,
+            breakerOpenDuration: "1500 millis",
+            whenCircuitOpen: "wait-and-retry"
+          })
+          yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const service = yield* ResilientPg.ResilientPg
+            yield* server.stop
+            const call = yield* Effect.forkChild(sql<{ one: number }>`SELECT 1 AS one`)
+            // The first attempt fails and opens the breaker; the retry waits for the probe, not just its backoff.
+            const first = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
+            assert.strictEqual(first.annotations["sturdy.reason"], "ConnectionRefused")
+            assert.strictEqual((yield* service.breakerState)._tag, "Open")
+            yield* TestClock.adjust((first.annotations["sturdy.delayMillis"] as number) + 1)
+            const rejected = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
+            assert.strictEqual(rejected.annotations["sturdy.reason"], "CircuitOpen")
+            assert.isAtLeast(rejected.annotations["sturdy.delayMillis"] as number, 1500 - 1000)
+            yield* server.start
+            yield* TestClock.adjust((rejected.annotations["sturdy.delayMillis"] as number) + 1)
+            assert.deepStrictEqual(yield* Fiber.join(call), [{ one: 1 }])
+            assert.strictEqual((yield* service.breakerState)._tag, "Closed")
+            const stats = yield* service.stats
+            assert.strictEqual(stats.rejections, 1)
+          }).pipe(
+            Effect.provide(Layer.provideMerge(layer, Layer.merge(logs.layer, TestClock.layer()))),
+            Effect.ensuring(Effect.orDie(server.start))
+          )
         })
-        yield* Effect.gen(function* () {
-          const sql = yield* SqlClient.SqlClient
-          const service = yield* ResilientPg.ResilientPg
-          yield* server.stop
-          const call = yield* Effect.forkChild(sql<{ one: number }>`SELECT 1 AS one`)
-          // The first attempt fails and opens the breaker; the retry waits for the probe, not just its backoff.
-          const first = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
-          assert.strictEqual(first.annotations["sturdy.reason"], "ConnectionRefused")
-          assert.strictEqual((yield* service.breakerState)._tag, "Open")
-          yield* TestClock.adjust(first.annotations["sturdy.delayMillis"] as number + 1)
-          const rejected = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
-          assert.strictEqual(rejected.annotations["sturdy.reason"], "CircuitOpen")
-          assert.isAtLeast(rejected.annotations["sturdy.delayMillis"] as number, 1500 - 1000)
-          yield* server.start
-          yield* TestClock.adjust(rejected.annotations["sturdy.delayMillis"] as number + 1)
-          assert.deepStrictEqual(yield* Fiber.join(call), [{ one: 1 }])
-          assert.strictEqual((yield* service.breakerState)._tag, "Closed")
-          const stats = yield* service.stats
-          assert.strictEqual(stats.rejections, 1)
-        }).pipe(
-          Effect.provide(Layer.provideMerge(layer, Layer.merge(logs.layer, TestClock.layer()))),
-          Effect.ensuring(Effect.orDie(server.start))
-        )
-      }))
+    )
   })
 })

@@ -23,7 +23,10 @@ describe("ResilientPg.config", () => {
             DATABASE_URL: validUrl,
             NODE_ENV: "production",
             STURDY_POOL_SIZE: "4",
-            STURDY_SENT_PHASE_RETRY: "always"
+            STURDY_SENT_PHASE_RETRY: "always",
+            STURDY_WHEN_CIRCUIT_OPEN: "wait-and-retry",
+            STURDY_HEALTH_ON_STARTUP: "fail",
+            STURDY_BREAKER_FAILURES: "3"
           }
         })
       )
@@ -34,6 +37,9 @@ describe("ResilientPg.config", () => {
       assert.strictEqual(Duration.toMillis(Duration.fromInputUnsafe(options.attemptTimeout!)), 30_000)
       assert.strictEqual(options.maxConnections, 4)
       assert.strictEqual(options.sentPhaseRetry, "always")
+      assert.strictEqual(options.whenCircuitOpen, "wait-and-retry")
+      assert.strictEqual(options.healthOnStartup, "fail")
+      assert.strictEqual(options.breakerFailures, 3)
     })
   )
 
@@ -44,6 +50,11 @@ describe("ResilientPg.config", () => {
     ["STURDY_POOL_SIZE", "0"],
     ["STURDY_POOL_SIZE", "many"],
     ["STURDY_SENT_PHASE_RETRY", "sometimes"],
+    ["STURDY_WHEN_CIRCUIT_OPEN", "panic"],
+    ["STURDY_HEALTH_ON_STARTUP", "crash"],
+    ["STURDY_BREAKER_FAILURES", "0"],
+    ["STURDY_BREAKER_OPEN_DURATION", "0 seconds"],
+    ["STURDY_HEALTH_CHECK_TIMEOUT", "never"],
     ["STURDY_PROFILE", "qa"],
     ["STURDY_RETRIES", "-1"],
     ["STURDY_ATTEMPT_TIMEOUT", "0 seconds"]

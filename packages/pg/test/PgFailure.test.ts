@@ -287,7 +287,9 @@ describe("PgFailure.classify", () => {
     assert.isFalse(counts(socket("ECONNRESET", "query", "PgConnection: Socket error")))
     assert.isFalse(counts(server((p) => new UnknownError(p), "57P01", "query")))
     assert.isFalse(counts(server((p) => new UnknownError(p), "25006", "query")))
-    assert.isTrue(PgFailure.countsAgainstBreaker(new Transient.AttemptTimeout({ phase: "sent", timeout: Duration.seconds(1) })))
+    assert.isTrue(
+      PgFailure.countsAgainstBreaker(new Transient.AttemptTimeout({ phase: "sent", timeout: Duration.seconds(1) }))
+    )
   })
 
   it("a policy failure survives the round trip through SqlError", () => {

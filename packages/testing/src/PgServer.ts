@@ -145,7 +145,13 @@ const makeAdmin = (options: {
 
 const adminHelpers = (
   admin: PgClient.PgClient,
-  connection: { readonly host: string; readonly port: number; readonly database: string; readonly user: string; readonly password: Redacted.Redacted<string> }
+  connection: {
+    readonly host: string
+    readonly port: number
+    readonly database: string
+    readonly user: string
+    readonly password: Redacted.Redacted<string>
+  }
 ) => ({
   execute: (sql: string) =>
     Effect.scoped(
