@@ -172,10 +172,12 @@ describe("the breaker inside ResilientPg, against a real server", () => {
         Effect.gen(function* () {
           const server = yield* PgServer.PgServer
           const logs = yield* LogCapture.make
+          // No jitter: the retry comes at 1 s, while the breaker is open until 5 s.
           const { layer } = resilient(server, {
             profile: "development",
+            backoffJitter: 0,
             breakerFailures: 1,
-            breakerOpenDuration: "1500 millis",
+            breakerOpenDuration: "5 seconds",
             whenCircuitOpen: "wait-and-retry"
           })
           yield* Effect.gen(function* () {
@@ -190,7 +192,8 @@ describe("the breaker inside ResilientPg, against a real server", () => {
             yield* TestClock.adjust((first.annotations["sturdy.delayMillis"] as number) + 1)
             const rejected = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
             assert.strictEqual(rejected.annotations["sturdy.reason"], "CircuitOpen")
-            assert.isAtLeast(rejected.annotations["sturdy.delayMillis"] as number, 1500 - 1000)
+            // It waits for the breaker's probe (4 s more), longer than its own backoff (2 s).
+            assert.strictEqual(rejected.annotations["sturdy.delayMillis"], 4000)
             yield* server.start
             yield* TestClock.adjust((rejected.annotations["sturdy.delayMillis"] as number) + 1)
             assert.deepStrictEqual(yield* Fiber.join(call), [{ one: 1 }])
