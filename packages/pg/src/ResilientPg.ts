@@ -59,30 +59,17 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
-import { Breaker, DatabaseMetrics, HealthMonitor, Profile, Retry, Transient } from "@sturdy/resilience"
-import {
-  Config,
-  Context,
-  Duration,
-  Effect,
-  Exit,
-  Layer,
-  Option,
-  Predicate,
-  Redacted,
-  Schedule,
-  Schema,
-  Stream
-} from "effect"
-import * as Net from "node:net"
+import { Breaker, DatabaseMetrics, HealthMonitor, Profile } from "@sturdy/resilience"
+import { Config, Context, Duration, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
-import type { Borrower, Connection } from "effect/sql/SqlConnection"
+import type { Connection } from "effect/sql/SqlConnection"
 import { ConnectionError, isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
-import { isReadOnly } from "./internal/readOnly.ts"
+import * as Stack from "./internal/stack.ts"
 import * as PgFailure from "./PgFailure.ts"
+import * as Net from "node:net"
 
 /**
  * @since 0.1.0
@@ -211,84 +198,6 @@ export const unwrapFailures = <A, E, R>(
 ): Effect.Effect<A, E | PgFailure.PolicyFailure, R> =>
   Effect.mapError(self, (error) => (isSqlError(error) && PgFailure.fromSqlError(error)) || error)
 
-/** What one statement's attempts share: the SQL it ran and whether it got a connection. */
-class Call {
-  sql: string | undefined = undefined
-  sent = false
-  attempts = 0
-}
-
-const rollbackStatement = /^\s*ROLLBACK\b/i
-
-/** `@effect/sql`'s `Connection` over a native session, noting the SQL it runs in a `Call`. */
-class SqlConnection implements Connection {
-  readonly connection: PgConnection.PgConnection
-  readonly call: Call | undefined
-  constructor(connection: PgConnection.PgConnection, call: Call | undefined) {
-    this.connection = connection
-    this.call = call
-  }
-  /**
-   * Set once a statement on this connection failed because the session itself
-   * was lost. Only tracked for connections that outlive one statement
-   * (transactions): the server has already rolled such a transaction back,
-   * and a ROLLBACK on the dead session would fail, which `@effect/sql` turns
-   * into a defect that hides the caller's typed error.
-   */
-  broken = false
-  private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
-    if (this.call !== undefined) return effect
-    return Effect.catch(effect, (error) => {
-      if (!PgFailure.sessionLost(error)) return Effect.fail(error)
-      this.broken = true
-      // The session is gone, and the transaction with it: there is nothing left to roll back.
-      return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
-    })
-  }
-  private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
-    if (this.call !== undefined) this.call.sql = sql
-    return this.watch(
-      sql,
-      Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows)
-    )
-  }
-  execute(
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
-  ) {
-    return transformRows ? Effect.map(this.run(sql, params), transformRows) : this.run(sql, params)
-  }
-  executeRaw(sql: string, params: ReadonlyArray<unknown>) {
-    if (this.call !== undefined) this.call.sql = sql
-    return this.watch(sql, this.connection.query(sql, params))
-  }
-  executeValues(sql: string, params: ReadonlyArray<unknown>) {
-    if (this.call !== undefined) this.call.sql = sql
-    return this.watch(sql, this.connection.queryValues(sql, params))
-  }
-  executeValuesUnprepared(sql: string, params: ReadonlyArray<unknown>) {
-    if (this.call !== undefined) this.call.sql = sql
-    return this.watch(sql, this.connection.queryValues(sql, params, false))
-  }
-  executeUnprepared(
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
-  ) {
-    const rows = this.run(sql, params, false)
-    return transformRows ? Effect.map(rows, transformRows) : rows
-  }
-  executeStream(
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
-  ) {
-    const stream = this.connection.stream(sql, params)
-    return transformRows ? Stream.mapArray(stream, (rows) => transformRows(rows) as typeof rows) : stream
-  }
-}
-
 /** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`; PgClient's own check. */
 const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
   Effect.flatMap(conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
@@ -306,9 +215,6 @@ const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
   )
 
 const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
-
-const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
-const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
 
 const isPostgresUrl = (url: string): boolean => {
   try {
@@ -471,6 +377,8 @@ export const make = Effect.fnUntraced(function* (
   let socketsOpened = 0
   const pool = yield* PgPool.make({
     ...options,
+    // A connection that never completes its start-up is an attempt that never ends: bound it by the attempt timeout.
+    connectTimeout: options.connectTimeout ?? profile.attemptTimeout,
     ...(target !== undefined && {
       stream: () => {
         const socket = Net.connect({ host: target.host, port: target.port, noDelay: true })
@@ -502,226 +410,23 @@ export const make = Effect.fnUntraced(function* (
   yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
 
   const recorder = new DatabaseMetrics.Recorder()
-  let inUse = 0
-  let waiting = 0
-  const attemptTimeout = profile.attemptTimeout
-  const timedOut = (call: Call) =>
-    Effect.suspend(() => {
-      recorder.timeouts++
-      return Effect.fail(
-        new Transient.AttemptTimeout({ phase: call.sent ? "sent" : "connect", timeout: attemptTimeout })
-      )
-    })
-
-  /** What a failed attempt means for the retry: a transient failure, an unknown outcome, or the original error. */
-  const decide = <E>(
-    error: E | Transient.AttemptTimeout,
-    call: Call,
-    idempotency: typeof Idempotency.Service
-  ): E | PgFailure.TransientError | PgFailure.OutcomeUnknown => {
-    const reason = Predicate.isTagged(error, "AttemptTimeout")
-      ? (error as Transient.AttemptTimeout)
-      : isSqlError(error)
-        ? PgFailure.classify(error)
-        : undefined
-    if (reason === undefined) return error as E
-    if (
-      PgFailure.outcome(reason) === "not-applied" ||
-      sentPhaseRetry === "always" ||
-      idempotency === "idempotent" ||
-      (idempotency === "auto" && call.sql !== undefined && isReadOnly(call.sql))
-    ) {
-      return new PgFailure.TransientError({ reason })
-    }
-    return new PgFailure.OutcomeUnknown({ reason })
-  }
-
-  /** Infrastructure failures count against the breaker; an answer from the server, even an error, is a success. */
-  /**
-   * What an attempt tells the breaker about the server. A failure to get a
-   * working session (refused, unresolvable, 57P03, 53300, a connect or pool
-   * timeout) and a statement that timed out are failures; an answer, even an
-   * error, is a success; a session lost mid-statement says nothing about the
-   * server (the retry's next attempt will reconnect, and count if that fails),
-   * and neither does a read-only refusal, which the server answered.
-   */
-  const breakerOutcome = (exit: Exit.Exit<unknown, unknown>): Breaker.Outcome => {
-    if (Exit.isSuccess(exit)) {
-      recorder.consecutiveFailures = 0
-      return "Success"
-    }
-    const error = Exit.findErrorOption(exit)
-    if (error._tag === "None") return "Ignored"
-    const failure = error.value
-    if (!isTransientError(failure) && !Predicate.isTagged(failure, "OutcomeUnknown")) {
-      recorder.consecutiveFailures = 0
-      return "Success"
-    }
-    if (!PgFailure.countsAgainstBreaker((failure as PgFailure.TransientError | PgFailure.OutcomeUnknown).reason)) {
-      return "Ignored"
-    }
-    recorder.consecutiveFailures++
-    return "Failure"
-  }
-
-  const whenCircuitOpen = options.whenCircuitOpen ?? "fail-fast"
-  const shouldRetry = (failure: unknown) =>
-    isTransientError(failure) || (whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
-  const policy = Retry.schedule(Profile.backoffOptions(profile), shouldRetry).pipe(
-    // A rejected attempt waits at least until the breaker lets a probe through.
-    Schedule.modifyDelay((meta) =>
-      Effect.succeed(isCircuitOpen(meta.input) ? Duration.max(meta.duration, meta.input.retryAfter) : meta.duration)
-    ),
-    Schedule.tap((meta) =>
-      Effect.logWarning("Retrying a failed database call").pipe(
-        Effect.annotateLogs({
-          "sturdy.event": "retry",
-          "sturdy.reason": isCircuitOpen(meta.input)
-            ? "CircuitOpen"
-            : (meta.input as PgFailure.TransientError).reason._tag,
-          "sturdy.phase": isCircuitOpen(meta.input) ? "connect" : (meta.input as PgFailure.TransientError).reason.phase,
-          "sturdy.attempt": meta.attempt + 1,
-          "sturdy.attempts": profile.retriesAfterFirst + 1,
-          "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
-        })
-      )
-    )
-  )
-
-  const recovered = (operation: string, call: Call) =>
-    Effect.logInfo("A database call recovered").pipe(
-      Effect.annotateLogs({
-        "sturdy.event": "recovered",
-        "sturdy.operation": operation,
-        "sturdy.attempts": call.attempts
-      })
-    )
-
-  const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
-    if (failure._tag === "OutcomeUnknown") recorder.outcomeUnknown++
-    const annotations = {
-      "sturdy.event": "failed",
-      "sturdy.operation": operation,
-      "sturdy.error": failure._tag,
-      "sturdy.reason": failure._tag === "CircuitOpen" ? "CircuitOpen" : failure.reason._tag,
-      "sturdy.attempts": call.attempts
-    }
-    // A rejection is the breaker doing its job, possibly thousands of times a second: not an error line each.
-    const log =
-      failure._tag === "CircuitOpen"
-        ? Effect.logDebug("A database call was rejected by the open circuit")
-        : Effect.logError("A database call failed")
-    return Effect.andThen(Effect.annotateLogs(log, annotations), Effect.fail(PgFailure.toSqlError(failure, operation)))
-  }
-
-  /**
-   * One attempt under the breaker: admission, then the attempt timeout around
-   * acquiring and executing, then the classification the retry reads.
-   */
-  const guarded = <A, E, R>(call: Call, run: Effect.Effect<A, E, R>) =>
-    Effect.catch(
-      breaker.execute(
-        key,
-        Effect.catch(
-          Effect.timeoutOrElse(
-            Effect.suspend(() => {
-              recorder.attempts++
-              if (++call.attempts > 1) recorder.retries++
-              call.sent = false
-              return run
-            }),
-            { duration: attemptTimeout, orElse: () => timedOut(call) }
-          ),
-          (error) => Effect.withFiber((fiber) => Effect.fail(decide<E>(error, call, fiber.getRef(Idempotency))))
-        ),
-        breakerOutcome
-      ),
-      (error): Effect.Effect<never, E | PgFailure.PolicyFailure> => {
-        if (Predicate.isTagged(error, "CircuitOpen")) recorder.rejections++
-        return Effect.fail(error as E | PgFailure.PolicyFailure)
-      }
-    )
-
-  /** The retry around guarded attempts; the success path pays for no schedule. */
-  const withPolicies = <A, E, R>(
-    call: Call,
-    operation: string,
-    attempt: Effect.Effect<A, E | PgFailure.PolicyFailure, R>,
-    counted: boolean
-  ): Effect.Effect<A, Exclude<E, Transient.AttemptTimeout> | SqlError, R> => {
-    const started = performance.now()
-    return Retry.retryOnFailure(attempt, policy).pipe(
-      Effect.matchEffect({
-        onSuccess: (value) => {
-          if (counted) recorder.latency.record(performance.now() - started)
-          return call.attempts > 1 ? Effect.as(recovered(operation, call), value) : Effect.succeed(value)
-        },
-        onFailure: (error): Effect.Effect<never, Exclude<E, Transient.AttemptTimeout> | SqlError> => {
-          if (counted) {
-            recorder.failed++
-            recorder.latency.record(performance.now() - started)
-          }
-          return PgFailure.isPolicyFailure(error)
-            ? surface(operation, call, error)
-            : Effect.fail(error as Exclude<E, Transient.AttemptTimeout>)
-        }
-      })
-    )
-  }
-
-  const borrower: Borrower = (f) =>
-    Effect.suspend(() => {
-      recorder.statements++
-      const call = new Call()
-      const attempt = guarded(
-        call,
-        Effect.onExit(
-          Effect.suspend(() => {
-            waiting++
-            return pool.use((connection) => {
-              waiting--
-              inUse++
-              call.sent = true
-              return f(new SqlConnection(connection, call))
-            })
-          }),
-          () =>
-            Effect.sync(() => {
-              if (call.sent) inUse--
-              else waiting--
-            })
-        )
-      )
-      return withPolicies(call, "execute", attempt, true)
-    })
-
-  /** Acquiring a connection that outlives one statement: nothing is sent, so every transient failure is retried. */
-  const acquirer = <A>(
-    acquire: Effect.Effect<A, SqlError, Scope.Scope>,
-    operation: string
-  ): Effect.Effect<A, SqlError, Scope.Scope> =>
-    Effect.suspend(() => {
-      const call = new Call()
-      const counted = Effect.acquireRelease(
-        Effect.onExit(
-          Effect.suspend(() => {
-            waiting++
-            return acquire
-          }),
-          () => Effect.sync(() => waiting--)
-        ),
-        () =>
-          Effect.sync(() => {
-            inUse--
-          })
-      ).pipe(Effect.tap(() => Effect.sync(() => inUse++)))
-      return withPolicies(call, operation, guarded(call, counted), false)
-    })
-
+  const stack = yield* Stack.make({
+    pool,
+    maxConnections,
+    statementsPerConnection: options.multiplex === true ? (options.multiplexConcurrency ?? 32) : 1,
+    profile,
+    sentPhaseRetry,
+    whenCircuitOpen: options.whenCircuitOpen ?? "fail-fast",
+    breaker,
+    key,
+    recorder,
+    idempotency: (fiber) => fiber.getRef(Idempotency)
+  })
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
-    new SqlConnection(connection, undefined)
-  const acquire = acquirer(Effect.map(pool.get, toSqlConnection), "acquire")
-  const reserve = acquirer(pool.reserve, "reserve")
+    new Stack.SqlConnection(connection, undefined)
+  const acquire = stack.acquire(Effect.map(pool.get, toSqlConnection), "acquire")
+  const reserve = stack.acquire(pool.reserve, "reserve")
+  const borrower = stack.borrower
 
   const compiler = PgClient.makeCompiler(options.transformQueryNames, options.transformJson)
   const client = yield* SqlClient.make({
@@ -731,7 +436,7 @@ export const make = Effect.fnUntraced(function* (
     driver: "pg",
     prepareTransactionControls: true,
     commit,
-    isTransaction: (connection) => !(connection as SqlConnection).broken,
+    isTransaction: (connection) => !(connection as Stack.SqlConnection).broken,
     releaseSavepoint: (name) => `RELEASE SAVEPOINT ${name}`,
     compiler,
     spanAttributes: [
@@ -778,9 +483,9 @@ export const make = Effect.fnUntraced(function* (
   const pool_ = (): DatabaseMetrics.PoolStats => ({
     max: maxConnections,
     open: target === undefined ? undefined : openSockets,
-    inUse,
-    idle: target === undefined ? undefined : Math.max(0, openSockets - inUse),
-    waiting
+    inUse: stack.inUse(),
+    idle: target === undefined ? undefined : Math.max(0, openSockets - stack.inUse()),
+    waiting: stack.waiting()
   })
   const metrics = yield* DatabaseMetrics.make({
     recorder,

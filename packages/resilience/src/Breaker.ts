@@ -156,6 +156,21 @@ export interface Service {
   ) => Effect.Effect<A, E | CircuitOpen, R>
   readonly state: (key: string) => Effect.Effect<State>
   readonly transitions: Stream.Stream<Transition>
+  /**
+   * The same state machine without effects, for a caller's hot path: present
+   * on the in-process breaker, absent when the state lives in a store.
+   * `record` must follow every admitted `admit`.
+   */
+  readonly local?: Local | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Local {
+  readonly admit: (key: string) => Admission
+  readonly record: (key: string, generation: number, outcome: Outcome) => void
 }
 
 /**
@@ -448,7 +463,16 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   return {
     execute,
     state: (key) => Effect.sync(() => stateOf(cellFor(key), now())),
-    transitions: Stream.fromPubSub(pubsub)
+    transitions: Stream.fromPubSub(pubsub),
+    local: {
+      admit: (key) => {
+        const admission = admit(cellFor(key), now)
+        if (admission._tag === "Admitted") publish(admission.transition)
+        return admission
+      },
+      record: (key, generation, outcome) =>
+        publish(record(cellFor(key), generation, outcome, options.tripPolicy, now, openFor))
+    }
   }
 })
 

@@ -1,0 +1,395 @@
+/**
+ * `pnpm bench`: Sturdy side by side with what users would otherwise choose,
+ * measured in one run on one machine, written to BENCHMARKS.md.
+ *
+ * `pnpm bench --quick` runs a reduced version (fewer rounds, shorter
+ * windows) in under a minute, so CI keeps the harness working; its numbers are
+ * noisy and no threshold is checked.
+ */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import { ResilientPg } from "@sturdy/pg"
+// The stack is internal to @sturdy/pg; the benchmark measures it directly.
+import * as Stack from "../../packages/pg/src/internal/stack.ts"
+import { Breaker, DatabaseMetrics, Profile } from "@sturdy/resilience"
+import { PgServer } from "@sturdy/testing"
+import {
+  circuitBreaker,
+  ConsecutiveBreaker,
+  ExponentialBackoff,
+  handleAll,
+  retry,
+  timeout,
+  TimeoutStrategy,
+  wrap
+} from "cockatiel"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Logger, Schedule, type Scope } from "effect"
+import * as CircuitBreaker from "effect/persistence/CircuitBreaker"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import type { SqlClient } from "effect/sql"
+import OpossumBreaker from "opossum"
+import * as Fs from "node:fs/promises"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { parseArgs } from "node:util"
+import { alternate, type Case, format, median, percentile, table } from "./harness.ts"
+
+const { values: args } = parseArgs({ options: { quick: { type: "boolean", default: false } } })
+const quick = args.quick
+const settings = quick
+  ? { rounds: 3, overheadCalls: 50_000, throughputMillis: 250, rejections: 20_000, memoryStatements: 100_000, outageMillis: 1000, fixedOpen: "4 seconds" }
+  : { rounds: 7, overheadCalls: 300_000, throughputMillis: 1000, rejections: 200_000, memoryStatements: 1_000_000, outageMillis: 5000, fixedOpen: "60 seconds" }
+
+const log = (line: string) => process.stderr.write(`${line}\n`)
+const sections: Array<string> = []
+
+// --- 1. Policy overhead, no database ---------------------------------------------------------------------------------
+
+/** A connection the stack never touches: the statement under test ignores it. */
+const fakeConnection = {} as PgConnection.PgConnection
+const fakePool: Stack.PoolLike = { use: (f) => f(fakeConnection) }
+
+const runEffectLoop = (effect: Effect.Effect<unknown, unknown>, calls: number) => async () => {
+  const loop = Effect.gen(function* () {
+    for (let i = 0; i < calls; i++) yield* effect
+  })
+  const started = performance.now()
+  await Effect.runPromise(loop)
+  return ((performance.now() - started) * 1e6) / calls
+}
+
+const runPromiseLoop = (call: () => Promise<unknown>, calls: number) => async () => {
+  const started = performance.now()
+  for (let i = 0; i < calls; i++) await call()
+  return ((performance.now() - started) * 1e6) / calls
+}
+
+const overhead = Effect.gen(function* () {
+  log("1/5 policy overhead, no database")
+  const calls = settings.overheadCalls
+  const bare = Effect.succeed(1)
+
+  // Sturdy's production stack (retry, in-process breaker, attempt deadline, metrics) over a pool that lends a fake connection.
+  const recorder = new DatabaseMetrics.Recorder()
+  const breaker = yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: "60 seconds" })
+  const stack = yield* Stack.make({
+    pool: fakePool,
+    maxConnections: 10,
+    statementsPerConnection: 1,
+    profile: Profile.production,
+    sentPhaseRetry: "safe",
+    whenCircuitOpen: "fail-fast",
+    breaker,
+    key: "db",
+    recorder,
+    idempotency: () => "auto"
+  })
+  const sturdy = stack.borrower(() => bare)
+
+  // effect's own composite of the same three policies.
+  const effectBreaker = yield* CircuitBreaker.make({
+    tripPolicy: CircuitBreaker.consecutive(5),
+    openDuration: "60 seconds"
+  }).pipe(Effect.provide(CircuitBreaker.layerStoreMemory()))
+  const composite = bare.pipe(
+    Effect.timeout(Duration.seconds(30)),
+    (effect) => effectBreaker.execute(effect, { key: "db" }),
+    Effect.retry(Schedule.exponential("1 second").pipe(Schedule.upTo({ times: 5 })))
+  )
+
+  const resolved = () => Promise.resolve(1)
+  const cockatiel = wrap(
+    retry(handleAll, { maxAttempts: 5, backoff: new ExponentialBackoff() }),
+    circuitBreaker(handleAll, { halfOpenAfter: 60_000, breaker: new ConsecutiveBreaker(5) }),
+    timeout(30_000, TimeoutStrategy.Cooperative)
+  )
+  const opossum = new OpossumBreaker(resolved, { timeout: 30_000, resetTimeout: 60_000 })
+
+  const cases: ReadonlyArray<Case> = [
+    { name: "bare Effect", run: runEffectLoop(bare, calls) },
+    { name: "Sturdy full stack", run: runEffectLoop(sturdy, calls) },
+    { name: "effect: Effect.retry + CircuitBreaker.execute + Effect.timeout", run: runEffectLoop(composite, calls) },
+    { name: "bare await", run: runPromiseLoop(resolved, calls) },
+    { name: "cockatiel: wrap(retry, circuitBreaker, timeout)", run: runPromiseLoop(() => cockatiel.execute(resolved), calls) },
+    { name: "opossum (with timeout)", run: runPromiseLoop(() => opossum.fire(), calls) }
+  ]
+  const results = yield* Effect.promise(() => alternate(cases, settings.rounds))
+  const nsOf = (name: string) => median(results.get(name)!)
+  const baselineOf = (name: string) => (name.startsWith("cockatiel") || name.startsWith("opossum") || name === "bare await" ? "bare await" : "bare Effect")
+  const rows = cases.map((c) => {
+    const baseline = baselineOf(c.name)
+    const added = c.name === baseline ? "-" : format(nsOf(c.name) - nsOf(baseline))
+    const ratios = c.name === baseline
+      ? "-"
+      : results.get(c.name)!.map((ns, i) => format(ns / results.get(baseline)![i]!, 1)).join(" ")
+    return [c.name, format(nsOf(c.name)), added, ratios]
+  })
+  opossum.shutdown()
+  sections.push(
+    "## 1. Policy overhead on the success path, no database\n\n" +
+      `Per call, median of ${settings.rounds} alternating rounds of ${format(calls)} calls each. The Effect cases wrap \`Effect.succeed(1)\`, the promise cases a resolved promise; "added" is the difference with the bare call of the same kind. Sturdy's case is its production path (\`internal/stack.ts\`: retry, in-process breaker, attempt deadline, metrics) over a pool lending a fake connection.\n\n` +
+      table(["case", "ns per call", "added ns", "ratio to bare, per round"], rows) +
+      "\n"
+  )
+  return { sturdyAdded: nsOf("Sturdy full stack") - nsOf("bare Effect"), recorder }
+})
+
+// --- 2. Throughput through the database -------------------------------------------------------------------------------
+
+const throughput = (server: PgServer.PgServerService) =>
+  Effect.gen(function* () {
+    log("2/5 throughput through the database")
+    yield* server.admin`CREATE TABLE IF NOT EXISTS bench_kv (id int PRIMARY KEY, v text NOT NULL)`
+    yield* server.admin`INSERT INTO bench_kv SELECT i, md5(i::text) FROM generate_series(1, 10000) i ON CONFLICT DO NOTHING`
+    const rows: Array<Array<string>> = []
+    const ratios: Array<number> = []
+    for (const multiplex of [false, true]) {
+      const common = { url: server.url, maxConnections: 10, multiplex }
+      const plain = yield* PgClient.make({ ...common, applicationName: "bench-plain" })
+      const sturdyContext = yield* Layer.build(
+        ResilientPg.layer({ ...common, applicationName: "bench-sturdy", profile: "production" })
+      )
+      const sturdy = Context.get(sturdyContext, PgClient.PgClient)
+      for (const query of ["SELECT 1", "primary-key read"] as const) {
+        for (const concurrency of [1, 16, 64]) {
+          const statement = (sql: SqlClient.SqlClient) =>
+            query === "SELECT 1"
+              ? sql`SELECT 1`
+              : Effect.suspend(() => sql`SELECT v FROM bench_kv WHERE id = ${1 + Math.floor(Math.random() * 10000)}`)
+          const measure = (sql: SqlClient.SqlClient) => async () => {
+            let done = 0
+            let stop = false
+            const worker = Effect.gen(function* () {
+              while (!stop) {
+                yield* statement(sql)
+                done++
+              }
+            })
+            const started = performance.now()
+            const fiber = Effect.runFork(Effect.all(Array.from({ length: concurrency }, () => worker), { concurrency: "unbounded" }))
+            await new Promise((resolve) => setTimeout(resolve, settings.throughputMillis))
+            stop = true
+            await Effect.runPromise(Fiber.join(fiber))
+            return (done * 1000) / (performance.now() - started)
+          }
+          const results = yield* Effect.promise(() =>
+            alternate(
+              [
+                { name: "plain", run: measure(plain) },
+                { name: "sturdy", run: measure(sturdy) }
+              ],
+              settings.rounds
+            )
+          )
+          const plainRate = median(results.get("plain")!)
+          const sturdyRate = median(results.get("sturdy")!)
+          const perRound = results.get("sturdy")!.map((rate, i) => rate / results.get("plain")![i]!)
+          ratios.push(sturdyRate / plainRate)
+          rows.push([
+            multiplex ? "multiplexed" : "exclusive",
+            query,
+            String(concurrency),
+            format(plainRate),
+            format(sturdyRate),
+            format(sturdyRate / plainRate, 2),
+            perRound.map((r) => format(r, 2)).join(" ")
+          ])
+          log(`  ${rows.at(-1)!.slice(0, 6).join("  ")}`)
+        }
+      }
+    }
+    sections.push(
+      "## 2. Throughput through the database\n\n" +
+        `Statements per second, embedded PostgreSQL 18 on the same machine, pool of 10, median of ${settings.rounds} alternating rounds of ${settings.throughputMillis} ms. Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
+        table(["connections", "statement", "concurrency", "plain /s", "Sturdy /s", "Sturdy/plain", "per round"], rows) +
+        "\n"
+    )
+    return { worstRatio: Math.min(...ratios) }
+  })
+
+// --- 3. Fail-fast -------------------------------------------------------------------------------------------------------
+
+const failFast = (server: PgServer.PgServerService) =>
+  Effect.gen(function* () {
+    log("3/5 fail-fast with the breaker open")
+    yield* server.stop
+    const context = yield* Layer.build(
+      ResilientPg.layer({
+        url: server.url,
+        applicationName: "bench-failfast",
+        profile: "production",
+        retriesAfterFirst: 0,
+        breakerOpenDuration: "1 hour"
+      })
+    )
+    const sql = Context.get(context, PgClient.PgClient)
+    const service = Context.get(context, ResilientPg.ResilientPg)
+    for (let i = 0; i < 5; i++) yield* Effect.exit(sql`SELECT 1`)
+    const state = (yield* service.breakerState)._tag
+    const before = (yield* service.stats).connectionsOpened
+    const statement = sql`SELECT 1`
+    const latencies = new Float64Array(settings.rejections)
+    const rejected = yield* Effect.gen(function* () {
+      let rejections = 0
+      for (let i = 0; i < settings.rejections; i++) {
+        const started = performance.now()
+        const exit = yield* Effect.exit(statement)
+        latencies[i] = (performance.now() - started) * 1e6
+        if (Exit.isFailure(exit)) rejections++
+      }
+      return rejections
+    })
+    const after = (yield* service.stats).connectionsOpened
+    yield* server.start
+    const values = Array.from(latencies)
+    const p50 = percentile(values, 0.5)
+    const p99 = percentile(values, 0.99)
+    sections.push(
+      "## 3. Fail-fast with the breaker open\n\n" +
+        `The server stopped, 5 refused attempts open the breaker (state: ${state}), then ${format(settings.rejections)} calls \`sql\`SELECT 1\`\` in a row, each timed on its own (including the statement's compilation by \`@effect/sql\`).\n\n` +
+        table(
+          ["rejected calls", "p50", "p99", "connections opened while open"],
+          [[`${format(rejected)} of ${format(settings.rejections)}`, `${format(p50)} ns`, `${format(p99)} ns`, String((after ?? 0) - (before ?? 0))]]
+        ) +
+        "\n"
+    )
+    return { p50, p99, connectionAttempts: (after ?? 0) - (before ?? 0) }
+  })
+
+// --- 4. Recovery ----------------------------------------------------------------------------------------------------------
+
+const recovery = (server: PgServer.PgServerService) =>
+  Effect.gen(function* () {
+    log("4/5 recovery after a restart")
+    const measure = (name: string, openDuration: Duration.Input | Schedule.Schedule<unknown, number>) =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const context = yield* Layer.build(
+            ResilientPg.layer({
+              url: server.url,
+              applicationName: `bench-recovery-${name}`,
+              profile: "production",
+              retriesAfterFirst: 0,
+              breakerOpenDuration: openDuration
+            })
+          )
+          const sql = Context.get(context, PgClient.PgClient)
+          let firstSuccessAfter: number | undefined
+          let returnedAt: number | undefined
+          const caller = Effect.gen(function* () {
+            while (firstSuccessAfter === undefined) {
+              const exit = yield* Effect.exit(sql`SELECT 1`)
+              if (Exit.isSuccess(exit) && returnedAt !== undefined) firstSuccessAfter = performance.now()
+              yield* Effect.sleep("5 millis")
+            }
+          })
+          const callers = yield* Effect.forkChild(Effect.all(Array.from({ length: 10 }, () => caller), { concurrency: "unbounded" }))
+          yield* Effect.sleep("200 millis")
+          yield* server.stop
+          yield* Effect.sleep(Duration.millis(settings.outageMillis))
+          yield* server.start
+          returnedAt = performance.now()
+          yield* Fiber.join(callers)
+          return firstSuccessAfter! - returnedAt
+        })
+      )
+    const exponential = Breaker.exponentialOpenDuration({ from: "100 millis", max: "500 millis" })
+    const fixed = yield* measure("fixed", settings.fixedOpen)
+    const exp = yield* measure("exponential", exponential)
+    sections.push(
+      "## 4. Recovery after a restart\n\n" +
+        `Ten callers run \`SELECT 1\` every 5 ms; the server stops for ${settings.outageMillis / 1000} s and starts again. Time from the server accepting connections (\`start\` resolved) to the first successful call.\n\n` +
+        table(
+          ["breaker open duration", "recovery"],
+          [
+            [`fixed ${settings.fixedOpen} (the seed's)`, `${format(fixed / 1000, 2)} s`],
+            ["exponential, 100 ms doubling to 500 ms", `${format(exp / 1000, 2)} s`]
+          ]
+        ) +
+        "\n"
+    )
+    return { fixed, exponential: exp }
+  })
+
+// --- 5. Memory -------------------------------------------------------------------------------------------------------------
+
+const memory = Effect.gen(function* () {
+  log("5/5 memory over many statements")
+  const gc = (globalThis as { gc?: () => void }).gc
+  const recorder = new DatabaseMetrics.Recorder()
+  const breaker = yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: "60 seconds" })
+  const stack = yield* Stack.make({
+    pool: fakePool,
+    maxConnections: 10,
+    statementsPerConnection: 1,
+    profile: Profile.production,
+    sentPhaseRetry: "safe",
+    whenCircuitOpen: "fail-fast",
+    breaker,
+    key: "db",
+    recorder,
+    idempotency: () => "auto"
+  })
+  const statement = stack.borrower(() => Effect.succeed(1))
+  // Warm up so lazily built structures exist before the first measurement.
+  for (let i = 0; i < 10_000; i++) yield* statement
+  gc?.()
+  const before = process.memoryUsage().heapUsed
+  for (let i = 0; i < settings.memoryStatements; i++) yield* statement
+  gc?.()
+  const after = process.memoryUsage().heapUsed
+  const growth = after - before
+  sections.push(
+    "## 5. Memory\n\n" +
+      `${format(settings.memoryStatements)} statements through Sturdy's full stack (fake connection), heap after a forced GC before and after${gc === undefined ? " (run without --expose-gc: no forced GC, figures are indicative)" : ""}.\n\n` +
+      table(["statements", "heap before", "heap after", "growth"], [[format(settings.memoryStatements), `${format(before / 1e6, 1)} MB`, `${format(after / 1e6, 1)} MB`, `${format(growth / 1e6, 2)} MB`]]) +
+      "\n"
+  )
+  return { growth }
+})
+
+// --- Run -------------------------------------------------------------------------------------------------------------------
+
+const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
+  const started = Date.now()
+  const over = yield* overhead
+  const mem = yield* memory
+  const server = yield* PgServer.makeEmbedded
+  const through = yield* throughput(server)
+  const fail = yield* failFast(server)
+  const rec = yield* recovery(server)
+
+  const targets = table(
+    ["target", "measured", "status"],
+    [
+      ["added overhead of the full stack <= 1 µs per call", `${format(over.sturdyAdded)} ns`, over.sturdyAdded <= 1000 ? "met" : "missed"],
+      ["Sturdy/plain throughput >= 0.95 everywhere", `worst ${format(through.worstRatio, 2)}`, through.worstRatio >= 0.95 ? "met" : "missed"],
+      ["rejection p50 <= 1 µs, p99 < 20 µs, 0 connections", `${format(fail.p50)} ns, ${format(fail.p99)} ns, ${fail.connectionAttempts}`, fail.p50 <= 1000 && fail.p99 < 20_000 && fail.connectionAttempts === 0 ? "met" : "missed"],
+      ["recovery with the exponential schedule < 1 s", `${format(rec.exponential / 1000, 2)} s`, rec.exponential < 1000 ? "met" : "missed"],
+      [`heap growth over ${format(settings.memoryStatements)} statements < 5 MB`, `${format(mem.growth / 1e6, 2)} MB`, mem.growth < 5e6 ? "met" : "missed"]
+    ]
+  )
+  const cpus = Os.cpus()
+  const report = [
+    "# Benchmarks",
+    "",
+    `Written by \`pnpm bench${quick ? " --quick" : ""}\` on ${new Date().toISOString().slice(0, 10)}: ${cpus.length} x ${cpus[0]?.model ?? "unknown CPU"}, ${Math.round(Os.totalmem() / 2 ** 30)} GiB, ${Os.type()} ${Os.release()}, Node ${process.version}, effect 4.1.0, @effect/sql-pg 4.0.5, PostgreSQL 18 (embedded). The whole run took ${Math.round((Date.now() - started) / 1000)} s.${quick ? " **Quick run: fewer rounds and shorter windows; the figures are indicative only.**" : ""}`,
+    "",
+    "Every comparison runs its cases alternately, round after round, after a warm-up, in the same process; the tables give medians and the per-round ratios, so a noisy neighbour shows as spread rather than as a false difference. Reproduce with `pnpm bench` (about 5 minutes) or `pnpm bench --quick` (under a minute).",
+    "",
+    "## Targets",
+    "",
+    targets,
+    "",
+    ...sections
+  ].join("\n")
+  const file = Path.join(import.meta.dirname, "..", "..", quick ? "BENCHMARKS.quick.md" : "BENCHMARKS.md")
+  yield* Effect.promise(() => Fs.writeFile(file, `${report}\n`))
+  process.stdout.write(`${report}\n`)
+  log(`wrote ${file}`)
+})
+
+Effect.runPromise(Effect.scoped(program).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))).catch((error) => {
+  process.stderr.write(`pnpm bench failed: ${error}\n`)
+  process.exit(1)
+})

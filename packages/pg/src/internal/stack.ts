@@ -1,0 +1,605 @@
+// The policy stack around every statement: retry -> breaker -> attempt
+// deadline -> acquire + execute, built so that a call that succeeds at once
+// pays for as little as possible (issue 5: at most 1 µs added per call).
+//
+// What the success path costs, and what it avoids:
+// - no fiber and no timer per call: the attempt deadline is enforced by one
+//   watchdog per client (below), plus the server-side statement_timeout and
+//   the driver's connect timeout; only an attempt that starts while the pool
+//   is saturated (it would wait for a connection) pays for Effect.timeout;
+// - no schedule until an attempt fails (the retry is built lazily);
+// - the in-process breaker is read and written synchronously;
+// - counters are plain fields (DatabaseMetrics.Recorder);
+// - a rejection by the open breaker reuses the error built for the same
+//   `retryAfter`, instead of building three error objects with stacks.
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import { Breaker, type DatabaseMetrics, type Profile, Retry, Transient } from "@sturdy/resilience"
+import { Cause, Clock, Duration, Effect, Exit, type Fiber, Predicate, Schedule, type Scope, Stream } from "effect"
+import type { Borrower, Connection } from "effect/sql/SqlConnection"
+import { isSqlError, type SqlError } from "effect/sql/SqlError"
+import * as PgFailure from "../PgFailure.ts"
+import { isReadOnly } from "./readOnly.ts"
+
+/** What the stack needs of a pool: `PgPool`, or a fake one in benchmarks. */
+export interface PoolLike {
+  readonly use: <A, E, R>(
+    f: (connection: PgConnection.PgConnection) => Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | SqlError, R>
+}
+
+export interface Options {
+  readonly pool: PoolLike
+  readonly maxConnections: number
+  /** Statements that may share one connection: 1, or the multiplexing concurrency. */
+  readonly statementsPerConnection: number
+  readonly profile: Profile.Profile
+  readonly sentPhaseRetry: "safe" | "always"
+  readonly whenCircuitOpen: "fail-fast" | "wait-and-retry"
+  readonly breaker: Breaker.Service
+  readonly key: string
+  readonly recorder: DatabaseMetrics.Recorder
+  /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
+  readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
+}
+
+/** One statement's attempts, and its node in the watchdog's list while an attempt runs. */
+export class Call {
+  readonly started: number
+  sql: string | undefined = undefined
+  sent = false
+  attempts = 0
+  generation = 0
+  timedOut = false
+  deadline = 0
+  connection: PgConnection.PgConnection | undefined = undefined
+  /** Holds one of the stack's slots (one per pooled connection) until the attempt settles. */
+  slot = false
+  /** Parked, waiting for a slot; `resume` wakes it (or times it out). */
+  parked = false
+  resume: ((effect: Effect.Effect<void, Transient.AttemptTimeout>) => void) | undefined = undefined
+  prev: Call | undefined = undefined
+  next: Call | undefined = undefined
+  listed = false
+  constructor(started: number) {
+    this.started = started
+  }
+}
+
+/** A FIFO of calls in flight. Every attempt has the same timeout, so deadlines come in order. */
+class InFlight {
+  head: Call | undefined = undefined
+  tail: Call | undefined = undefined
+  add(call: Call): void {
+    call.prev = this.tail
+    call.next = undefined
+    if (this.tail === undefined) this.head = call
+    else this.tail.next = call
+    this.tail = call
+    call.listed = true
+  }
+  remove(call: Call): void {
+    if (!call.listed) return
+    if (call.prev === undefined) this.head = call.next
+    else call.prev.next = call.next
+    if (call.next === undefined) this.tail = call.prev
+    else call.next.prev = call.prev
+    call.prev = call.next = undefined
+    call.listed = false
+  }
+}
+
+const internalsKey = "~@effect/sql-pg/PgConnection/internals"
+
+/**
+ * Ends a session whose network went silent: the driver then fails its
+ * statement as a closed connection. Reaches the socket through the driver's
+ * internals (pinned @effect/sql-pg 4.0.5); without them it does nothing and
+ * the statement_timeout and the cancel request remain.
+ */
+const destroySocket = (connection: PgConnection.PgConnection): void => {
+  const internals = (connection as unknown as Record<string, { readonly base?: unknown } | undefined>)[internalsKey]
+  const base = internals?.base as { readonly session?: { readonly socket?: { destroy(): void } } } | undefined
+  base?.session?.socket?.destroy()
+}
+
+/** `@effect/sql`'s `Connection` over a native session, noting the SQL it runs in a `Call`. */
+export class SqlConnection implements Connection {
+  readonly connection: PgConnection.PgConnection
+  readonly call: Call | undefined
+  /**
+   * Set once a statement on this connection failed because the session itself
+   * was lost. Only tracked for connections that outlive one statement
+   * (transactions): the server has already rolled such a transaction back,
+   * and a ROLLBACK on the dead session would fail, which `@effect/sql` turns
+   * into a defect that hides the caller's typed error.
+   */
+  broken = false
+  constructor(connection: PgConnection.PgConnection, call: Call | undefined) {
+    this.connection = connection
+    this.call = call
+  }
+  private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    if (this.call !== undefined) {
+      this.call.sql = sql
+      return effect
+    }
+    return Effect.catch(effect, (error) => {
+      if (!PgFailure.sessionLost(error)) return Effect.fail(error)
+      this.broken = true
+      // The session is gone, and the transaction with it: there is nothing left to roll back.
+      return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
+    })
+  }
+  private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
+    return this.watch(sql, Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows))
+  }
+  execute(
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+  ) {
+    return transformRows ? Effect.map(this.run(sql, params), transformRows) : this.run(sql, params)
+  }
+  executeRaw(sql: string, params: ReadonlyArray<unknown>) {
+    return this.watch(sql, this.connection.query(sql, params))
+  }
+  executeValues(sql: string, params: ReadonlyArray<unknown>) {
+    return this.watch(sql, this.connection.queryValues(sql, params))
+  }
+  executeValuesUnprepared(sql: string, params: ReadonlyArray<unknown>) {
+    return this.watch(sql, this.connection.queryValues(sql, params, false))
+  }
+  executeUnprepared(
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+  ) {
+    const rows = this.run(sql, params, false)
+    return transformRows ? Effect.map(rows, transformRows) : rows
+  }
+  executeStream(
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+  ) {
+    const stream = this.connection.stream(sql, params)
+    return transformRows ? Stream.mapArray(stream, (rows) => transformRows(rows) as typeof rows) : stream
+  }
+}
+
+const rollbackStatement = /^\s*ROLLBACK\b/i
+
+const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
+const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
+
+/** Builds an error without capturing a stack: for errors a caller meets by the thousand (rejections). */
+const stackless = <A>(make: () => A): A => {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  try {
+    return make()
+  } finally {
+    Error.stackTraceLimit = limit
+  }
+}
+
+export interface Stack {
+  readonly borrower: Borrower
+  /** Acquiring a connection that outlives one statement (transactions, streams, listeners). */
+  readonly acquire: <A>(
+    acquire: Effect.Effect<A, SqlError, Scope.Scope>,
+    operation: string
+  ) => Effect.Effect<A, SqlError, Scope.Scope>
+  readonly inUse: () => number
+  readonly waiting: () => number
+}
+
+export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Return<Stack, never, Scope.Scope> {
+  const { breaker, key, profile, recorder, pool } = options
+  const local = breaker.local
+  const clock = yield* Clock.Clock
+  const context = yield* Effect.context<never>()
+  const runFork = Effect.runForkWith(context)
+  const timeoutMillis = Duration.toMillis(profile.attemptTimeout)
+  const graceMillis = Math.min(2000, Math.max(50, timeoutMillis / 4))
+  let inUse = 0
+  let waiting = 0
+
+  // --- The watchdog: one fiber per client enforces every attempt's deadline --------------------------------------
+
+  const inFlight = new InFlight()
+  const cancelled = new InFlight()
+  const expire = () => {
+    const now = clock.currentTimeMillisUnsafe()
+    for (let call = inFlight.head; call !== undefined && call.deadline <= now; call = inFlight.head) {
+      inFlight.remove(call)
+      call.timedOut = true
+      recorder.timeouts++
+      if (call.connection !== undefined) {
+        // Ask the server to cancel; if the network is silent, end the session after a grace period.
+        runFork(call.connection.interrupt)
+        call.deadline = now + graceMillis
+        cancelled.add(call)
+      } else if (call.parked) {
+        call.parked = false
+        call.resume?.(Effect.fail(attemptTimeout(call)))
+      }
+      // Otherwise it is opening a connection, which the driver's connect timeout (the attempt timeout) bounds.
+    }
+    for (let call = cancelled.head; call !== undefined && call.deadline <= now; call = cancelled.head) {
+      cancelled.remove(call)
+      if (call.connection !== undefined) destroySocket(call.connection)
+    }
+  }
+  const tick = Duration.millis(Math.min(1000, Math.max(10, timeoutMillis / 20)))
+  yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(tick), Effect.sync(expire))))
+
+  // --- Classification ---------------------------------------------------------------------------------------------
+
+  const attemptTimeout = (call: Call) =>
+    new Transient.AttemptTimeout({ phase: call.sent ? "sent" : "connect", timeout: profile.attemptTimeout })
+
+  /** What a failed attempt means for the retry: a transient failure, an unknown outcome, or the original error. */
+  const decide = (error: unknown, call: Call, idempotency: "auto" | "idempotent" | "not-idempotent"): unknown => {
+    let reason: PgFailure.TransientReason | undefined = Predicate.isTagged(error, "AttemptTimeout")
+      ? (error as Transient.AttemptTimeout)
+      : isSqlError(error)
+      ? PgFailure.classify(error)
+      : undefined
+    // The watchdog ended this session: the closed connection is the attempt's deadline.
+    if (call.timedOut && reason !== undefined && isSqlError(error) && PgFailure.sessionLost(error)) {
+      reason = attemptTimeout(call)
+    }
+    if (reason === undefined) return error
+    if (
+      PgFailure.outcome(reason) === "not-applied" ||
+      options.sentPhaseRetry === "always" ||
+      idempotency === "idempotent" ||
+      (idempotency === "auto" && call.sql !== undefined && isReadOnly(call.sql))
+    ) {
+      return new PgFailure.TransientError({ reason })
+    }
+    return new PgFailure.OutcomeUnknown({ reason })
+  }
+
+  /**
+   * What an attempt tells the breaker (decision 0009): failing to get a
+   * session and timeouts count; an answer, even an error, is a success; a
+   * session lost mid-statement and a read-only refusal are ignored.
+   */
+  const breakerOutcome = (failure: unknown): Breaker.Outcome => {
+    if (!isTransientError(failure) && !Predicate.isTagged(failure, "OutcomeUnknown")) {
+      recorder.consecutiveFailures = 0
+      return "Success"
+    }
+    if (!PgFailure.countsAgainstBreaker((failure as PgFailure.TransientError | PgFailure.OutcomeUnknown).reason)) {
+      return "Ignored"
+    }
+    recorder.consecutiveFailures++
+    return "Failure"
+  }
+
+  // --- One attempt ------------------------------------------------------------------------------------------------
+
+  let cachedRejection: { readonly retryAfterMillis: number; readonly probing: boolean; readonly error: Breaker.CircuitOpen } | undefined
+  const rejection = (admission: Extract<Breaker.Admission, { _tag: "Rejected" }>): Breaker.CircuitOpen => {
+    recorder.rejections++
+    const cached = cachedRejection
+    if (cached !== undefined && cached.retryAfterMillis === admission.retryAfterMillis && cached.probing === admission.probing) {
+      return cached.error
+    }
+    const error = stackless(() =>
+      new Breaker.CircuitOpen({ key, retryAfter: Duration.millis(admission.retryAfterMillis), probing: admission.probing })
+    )
+    cachedRejection = { retryAfterMillis: admission.retryAfterMillis, probing: admission.probing, error }
+    return error
+  }
+
+  const startAttempt = (call: Call) => {
+    recorder.attempts++
+    if (++call.attempts > 1) recorder.retries++
+    call.sent = false
+    call.timedOut = false
+    call.connection = undefined
+  }
+
+  // --- Slots: at most one statement per pooled connection goes to the pool; the rest park here ------------------
+  // The pool has no wait limit of its own, and a fiber waiting inside it cannot be woken. Parked calls can: the
+  // watchdog fails them at their deadline, so an exhausted pool is a typed timeout, without a timer per call.
+
+  const capacity = options.maxConnections * options.statementsPerConnection
+  let active = 0
+  const parked: Array<Call> = []
+  let parkedHead = 0
+  const releaseSlot = (call: Call) => {
+    if (!call.slot) return
+    call.slot = false
+    active--
+    while (parkedHead < parked.length) {
+      const next = parked[parkedHead]!
+      parked[parkedHead++] = undefined as unknown as Call
+      if (!next.parked) continue
+      next.parked = false
+      next.slot = true
+      active++
+      next.resume?.(Effect.void)
+      break
+    }
+    if (parkedHead > 1024 && parkedHead * 2 > parked.length) {
+      parked.splice(0, parkedHead)
+      parkedHead = 0
+    }
+  }
+  const takeSlot = (call: Call): Effect.Effect<void, Transient.AttemptTimeout> | undefined => {
+    if (active < capacity) {
+      active++
+      call.slot = true
+      return undefined
+    }
+    call.parked = true
+    parked.push(call)
+    return Effect.callback<void, Transient.AttemptTimeout>((resume) => {
+      call.resume = resume
+      return Effect.sync(() => {
+        call.parked = false
+      })
+    })
+  }
+
+  const settle = (call: Call) => {
+    inFlight.remove(call)
+    cancelled.remove(call)
+    if (call.sent) inUse--
+    else waiting--
+    call.connection = undefined
+    call.resume = undefined
+    releaseSlot(call)
+  }
+
+  /** Acquire + execute, bounded by the attempt deadline that the watchdog enforces. */
+  const run = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>) => {
+    waiting++
+    call.deadline = clock.currentTimeMillisUnsafe() + timeoutMillis
+    inFlight.add(call)
+    const use = pool.use((connection) => {
+      waiting--
+      inUse++
+      call.sent = true
+      call.connection = connection
+      return f(new SqlConnection(connection, call))
+    })
+    const wait = takeSlot(call)
+    return wait === undefined ? use : Effect.andThen(wait, use)
+  }
+
+  /** One attempt through the in-process breaker, its outcome recorded synchronously. */
+  const attemptLocal = <A, E, R>(
+    call: Call,
+    f: (connection: Connection) => Effect.Effect<A, E, R>,
+    localBreaker: Breaker.Local
+  ): Effect.Effect<A, unknown, R> => {
+    const admission = localBreaker.admit(key)
+    if (admission._tag === "Rejected") return Effect.fail(rejection(admission))
+    startAttempt(call)
+    const generation = admission.generation
+    return Effect.matchCauseEffect(run(call, f), {
+      onSuccess: (value) => {
+        settle(call)
+        recorder.consecutiveFailures = 0
+        localBreaker.record(key, generation, "Success")
+        return Effect.succeed(value)
+      },
+      onFailure: (cause) => {
+        settle(call)
+        const found = Cause.findErrorOption(cause)
+        if (found._tag === "None") {
+          localBreaker.record(key, generation, "Ignored")
+          return Effect.failCause(cause)
+        }
+        return Effect.withFiber((fiber) => {
+          const failure = decide(found.value, call, options.idempotency(fiber))
+          localBreaker.record(key, generation, breakerOutcome(failure))
+          return Effect.fail(failure)
+        })
+      }
+    })
+  }
+
+  /** One attempt through a breaker whose state lives in a store (effect's CircuitBreaker). */
+  const attemptStore = <A, E, R>(
+    call: Call,
+    f: (connection: Connection) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, unknown, R> =>
+    Effect.catch(
+      breaker.execute(
+        key,
+        Effect.suspend(() => {
+          startAttempt(call)
+          return Effect.matchCauseEffect(run(call, f), {
+            onSuccess: (value) => {
+              settle(call)
+              return Effect.succeed(value)
+            },
+            onFailure: (cause) => {
+              settle(call)
+              const found = Cause.findErrorOption(cause)
+              return found._tag === "None"
+                ? Effect.failCause(cause)
+                : Effect.withFiber((fiber) => Effect.fail(decide(found.value, call, options.idempotency(fiber))))
+            }
+          })
+        }),
+        (exit) => (Exit.isSuccess(exit) ? "Success" : breakerOutcome(Cause.findErrorOption(exit.cause).pipe((o) => o._tag === "Some" ? o.value : undefined)))
+      ),
+      (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
+    )
+
+  const attempt = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>) =>
+    local !== undefined ? attemptLocal(call, f, local) : attemptStore(call, f)
+
+  // --- The retry, built only after a failure --------------------------------------------------------------------
+
+  const shouldRetry = (failure: unknown) =>
+    isTransientError(failure) || (options.whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
+  const policy = Retry.schedule(
+    { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
+    shouldRetry
+  ).pipe(
+    // A rejected attempt waits at least until the breaker lets a probe through.
+    Schedule.modifyDelay((meta) =>
+      Effect.succeed(isCircuitOpen(meta.input) ? Duration.max(meta.duration, meta.input.retryAfter) : meta.duration)
+    ),
+    Schedule.tap((meta) =>
+      Effect.logWarning("Retrying a failed database call").pipe(
+        Effect.annotateLogs({
+          "sturdy.event": "retry",
+          "sturdy.reason": isCircuitOpen(meta.input)
+            ? "CircuitOpen"
+            : (meta.input as PgFailure.TransientError).reason._tag,
+          "sturdy.phase": isCircuitOpen(meta.input) ? "connect" : (meta.input as PgFailure.TransientError).reason.phase,
+          "sturdy.attempt": meta.attempt + 1,
+          "sturdy.attempts": profile.retriesAfterFirst + 1,
+          "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
+        })
+      )
+    )
+  )
+
+  const recovered = (operation: string, call: Call) =>
+    Effect.logInfo("A database call recovered").pipe(
+      Effect.annotateLogs({ "sturdy.event": "recovered", "sturdy.operation": operation, "sturdy.attempts": call.attempts })
+    )
+
+  const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
+    if (failure._tag === "OutcomeUnknown") recorder.outcomeUnknown++
+    if (failure._tag === "CircuitOpen") {
+      // A rejection is the breaker doing its job, possibly thousands of times a second: no error line, no new error.
+      return Effect.fail(rejectionSqlError(failure, operation))
+    }
+    return Effect.andThen(
+      Effect.annotateLogs(Effect.logError("A database call failed"), {
+        "sturdy.event": "failed",
+        "sturdy.operation": operation,
+        "sturdy.error": failure._tag,
+        "sturdy.reason": failure.reason._tag,
+        "sturdy.attempts": call.attempts
+      }),
+      Effect.fail(PgFailure.toSqlError(failure, operation))
+    )
+  }
+
+  const wrappedRejections = new WeakMap<Breaker.CircuitOpen, SqlError>()
+  const rejectionSqlError = (failure: Breaker.CircuitOpen, operation: string): SqlError => {
+    let wrapped = wrappedRejections.get(failure)
+    if (wrapped === undefined) {
+      wrapped = stackless(() => PgFailure.toSqlError(failure, operation))
+      wrappedRejections.set(failure, wrapped)
+    }
+    return wrapped
+  }
+
+  const fail = <E>(operation: string, call: Call, counted: boolean, error: unknown): Effect.Effect<never, E | SqlError> => {
+    if (counted) {
+      recorder.failed++
+      recorder.latency.record(performance.now() - call.started)
+    }
+    return PgFailure.isPolicyFailure(error) ? surface(operation, call, error) : Effect.fail(error as E)
+  }
+
+  const succeed = <A>(operation: string, call: Call, counted: boolean, value: A): Effect.Effect<A> => {
+    if (counted) recorder.latency.record(performance.now() - call.started)
+    return call.attempts > 1 ? Effect.as(recovered(operation, call), value) : Effect.succeed(value)
+  }
+
+  /** After the first attempt failed: the retry, if the failure is worth one. */
+  const retry = <A, E, R>(
+    operation: string,
+    call: Call,
+    counted: boolean,
+    next: Effect.Effect<A, unknown, R>,
+    first: unknown
+  ): Effect.Effect<A, E | SqlError, R> => {
+    if (!shouldRetry(first)) return fail<E>(operation, call, counted, first)
+    let replayed = false
+    const replay = Effect.suspend(() => {
+      if (replayed) return next
+      replayed = true
+      return Effect.fail(first)
+    })
+    return Effect.matchEffect(Effect.retry(replay, policy), {
+      onSuccess: (value) => succeed(operation, call, counted, value),
+      onFailure: (error) => fail<E>(operation, call, counted, error)
+    })
+  }
+
+  const borrower: Borrower = <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
+    Effect.suspend(() => {
+      recorder.statements++
+      const call = new Call(performance.now())
+      return Effect.matchEffect(attempt(call, f), {
+        onSuccess: (value) => succeed("execute", call, true, value),
+        onFailure: (first) =>
+          retry<A, E, R>("execute", call, true, Effect.suspend(() => attempt(call, f)), first)
+      })
+    })
+
+  const acquire = <A>(
+    get: Effect.Effect<A, SqlError, Scope.Scope>,
+    operation: string
+  ): Effect.Effect<A, SqlError, Scope.Scope> =>
+    Effect.suspend(() => {
+      const call = new Call(performance.now())
+      const next = Effect.suspend(() => acquireAttempt(call, get))
+      return Effect.matchEffect(next, {
+        onSuccess: (value) => succeed(operation, call, false, value),
+        onFailure: (first) => retry<A, SqlError, Scope.Scope>(operation, call, false, next, first)
+      })
+    })
+
+  /** Acquiring is not hot: admission through the breaker's effect API, Effect.timeout around the wait. */
+  const acquireAttempt = <A>(call: Call, get: Effect.Effect<A, SqlError, Scope.Scope>) =>
+    Effect.catch(
+      breaker.execute(
+        key,
+        Effect.suspend(() => {
+          startAttempt(call)
+          waiting++
+          // The slot and the connection stay with the caller's scope; a failed or interrupted attempt gives the
+          // slot back at once, so retries in the same scope do not pile slots up. The wait itself stays
+          // interruptible, so the timeout below can end it.
+          const wait = takeSlot(call)
+          const slotAndConnection = Effect.onExit(wait === undefined ? get : Effect.andThen(wait, get), (exit) => {
+            waiting--
+            call.parked = false
+            if (Exit.isFailure(exit)) return Effect.sync(() => releaseSlot(call))
+            inUse++
+            return Effect.addFinalizer(() =>
+              Effect.sync(() => {
+                inUse--
+                releaseSlot(call)
+              })
+            )
+          })
+          return Effect.timeoutOrElse(slotAndConnection, {
+            duration: profile.attemptTimeout,
+            orElse: () =>
+              Effect.suspend(() => {
+                recorder.timeouts++
+                return Effect.fail(attemptTimeout(call))
+              })
+          }).pipe(
+            Effect.catch((error) =>
+              Effect.withFiber((fiber) => Effect.fail(decide(error, call, options.idempotency(fiber))))
+            )
+          )
+        }),
+        (exit) =>
+          Exit.isSuccess(exit)
+            ? "Success"
+            : breakerOutcome(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
+      ),
+      (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
+    )
+
+  return { borrower, acquire, inUse: () => inUse, waiting: () => waiting }
+})
