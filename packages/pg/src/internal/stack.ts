@@ -281,18 +281,34 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
 
   // --- One attempt ------------------------------------------------------------------------------------------------
 
-  let cachedRejection: { readonly retryAfterMillis: number; readonly probing: boolean; readonly error: Breaker.CircuitOpen } | undefined
-  const rejection = (admission: Extract<Breaker.Admission, { _tag: "Rejected" }>): Breaker.CircuitOpen => {
+  /** The rejection for one `retryAfter`: the error, the `SqlError` a statement fails with, and that failure itself. */
+  interface Rejection {
+    readonly retryAfterMillis: number
+    readonly probing: boolean
+    readonly error: Breaker.CircuitOpen
+    readonly statementFailure: Effect.Effect<never, SqlError>
+  }
+  let cachedRejection: Rejection | undefined
+  const rejection = (admission: Extract<Breaker.Admission, { _tag: "Rejected" }>): Rejection => {
     recorder.rejections++
     const cached = cachedRejection
-    if (cached !== undefined && cached.retryAfterMillis === admission.retryAfterMillis && cached.probing === admission.probing) {
-      return cached.error
+    if (
+      cached !== undefined && cached.retryAfterMillis === admission.retryAfterMillis &&
+      cached.probing === admission.probing
+    ) {
+      return cached
     }
     const error = stackless(() =>
       new Breaker.CircuitOpen({ key, retryAfter: Duration.millis(admission.retryAfterMillis), probing: admission.probing })
     )
-    cachedRejection = { retryAfterMillis: admission.retryAfterMillis, probing: admission.probing, error }
-    return error
+    const wrapped = stackless(() => PgFailure.toSqlError(error, "execute"))
+    cachedRejection = {
+      retryAfterMillis: admission.retryAfterMillis,
+      probing: admission.probing,
+      error,
+      statementFailure: Effect.fail(wrapped)
+    }
+    return cachedRejection
   }
 
   const startAttempt = (call: Call) => {
@@ -379,9 +395,17 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
     localBreaker: Breaker.Local
   ): Effect.Effect<A, unknown, R> => {
     const admission = localBreaker.admit(key)
-    if (admission._tag === "Rejected") return Effect.fail(rejection(admission))
+    if (admission._tag === "Rejected") return Effect.fail(rejection(admission).error)
+    return attemptAdmitted(call, f, localBreaker, admission.generation)
+  }
+
+  const attemptAdmitted = <A, E, R>(
+    call: Call,
+    f: (connection: Connection) => Effect.Effect<A, E, R>,
+    localBreaker: Breaker.Local,
+    generation: number
+  ): Effect.Effect<A, unknown, R> => {
     startAttempt(call)
-    const generation = admission.generation
     return Effect.matchCauseEffect(run(call, f), {
       onSuccess: (value) => {
         settle(call)
@@ -535,11 +559,29 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
   const borrower: Borrower = <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
     Effect.suspend(() => {
       recorder.statements++
+      let first: Effect.Effect<A, unknown, R>
+      const admission = local?.admit(key)
+      if (admission?._tag === "Rejected" && options.whenCircuitOpen === "fail-fast") {
+        // The breaker's whole point is to answer at once: no retry to build, no error to make, no clock to read
+        // (a rejection takes well under the histogram's smallest bucket).
+        recorder.failed++
+        recorder.latency.record(0)
+        return rejection(admission).statementFailure
+      }
       const call = new Call(performance.now())
-      return Effect.matchEffect(attempt(call, f), {
+      if (local !== undefined && admission !== undefined) {
+        if (admission._tag === "Rejected") {
+          first = Effect.fail(rejection(admission).error)
+        } else {
+          first = attemptAdmitted(call, f, local, admission.generation)
+        }
+      } else {
+        first = attemptStore(call, f)
+      }
+      return Effect.matchEffect(first, {
         onSuccess: (value) => succeed("execute", call, true, value),
-        onFailure: (first) =>
-          retry<A, E, R>("execute", call, true, Effect.suspend(() => attempt(call, f)), first)
+        onFailure: (failure) =>
+          retry<A, E, R>("execute", call, true, Effect.suspend(() => attempt(call, f)), failure)
       })
     })
 
