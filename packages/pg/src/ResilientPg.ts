@@ -11,7 +11,7 @@
  * outermost first:
  *
  * ```
- * retry (Schedule) -> attempt timeout -> acquire connection + execute
+ * retry (Schedule) -> circuit breaker -> attempt timeout -> acquire connection + execute
  * ```
  *
  * - Retry: the profile's backoff (1 s × 2^n plus jitter in [0, 1 s); 3
@@ -19,12 +19,14 @@
  *   (`PgFailure.classify`). A failure after the statement was sent is retried
  *   only when the statement is read-only or marked `idempotent`; otherwise it
  *   ends as `OutcomeUnknown`, never as a silent duplicate write.
- * - Attempt timeout (10 s / 30 s): covers waiting for a pooled connection too,
- *   so an exhausted pool is a typed `AttemptTimeout`, not a hang. When it
- *   fires during the statement, the query is interrupted and the driver sends
- *   PostgreSQL a cancel request. The server-side `statement_timeout` is set to
- *   the same value at connection start-up, which bounds statements inside
- *   transactions too.
+ * - Attempt timeout (10 s / 30 s): covers waiting for a pooled connection too
+ *   (statements beyond the pool's capacity wait in Sturdy's queue), so an
+ *   exhausted pool is a typed `AttemptTimeout`, not a hang. When it passes
+ *   during the statement, PostgreSQL gets a cancel request, and a session
+ *   whose network stays silent is ended. The server-side `statement_timeout`
+ *   is set to the same value at connection start-up, which bounds statements
+ *   inside transactions too. One watchdog per client enforces the deadlines:
+ *   no timer or fiber per statement.
  * - Transactions: statements inside `sql.withTransaction` run on the
  *   transaction's connection and are never retried one by one; acquiring that
  *   connection goes through retry and timeout.

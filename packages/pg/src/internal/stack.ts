@@ -570,11 +570,35 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
       }
       const call = new Call(performance.now())
       if (local !== undefined && admission !== undefined) {
-        if (admission._tag === "Rejected") {
-          first = Effect.fail(rejection(admission).error)
-        } else {
-          first = attemptAdmitted(call, f, local, admission.generation)
+        if (admission._tag === "Admitted") {
+          // The common case, inlined: the first attempt's outcome settles the call, with one continuation.
+          startAttempt(call)
+          const generation = admission.generation
+          return Effect.matchCauseEffect(run(call, f), {
+            onSuccess: (value) => {
+              settle(call)
+              recorder.consecutiveFailures = 0
+              local.record(key, generation, "Success")
+              recorder.latency.record(performance.now() - call.started)
+              return Effect.succeed(value)
+            },
+            onFailure: (cause) => {
+              settle(call)
+              const found = Cause.findErrorOption(cause)
+              if (found._tag === "None") {
+                // Interrupted, or a defect: no typed failure to classify.
+                local.record(key, generation, "Ignored")
+                return Effect.failCause(cause as Cause.Cause<never>)
+              }
+              return Effect.withFiber((fiber) => {
+                const failure = decide(found.value, call, options.idempotency(fiber))
+                local.record(key, generation, breakerOutcome(failure))
+                return retry<A, E, R>("execute", call, true, Effect.suspend(() => attempt(call, f)), failure)
+              })
+            }
+          })
         }
+        first = Effect.fail(rejection(admission).error)
       } else {
         first = attemptStore(call, f)
       }
