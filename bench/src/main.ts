@@ -38,8 +38,24 @@ import { alternate, type Case, format, median, percentile, table } from "./harne
 const { values: args } = parseArgs({ options: { quick: { type: "boolean", default: false } } })
 const quick = args.quick
 const settings = quick
-  ? { rounds: 3, overheadCalls: 50_000, throughputMillis: 250, rejections: 20_000, memoryStatements: 100_000, outageMillis: 1000, fixedOpen: "4 seconds" }
-  : { rounds: 7, overheadCalls: 300_000, throughputMillis: 700, rejections: 200_000, memoryStatements: 1_000_000, outageMillis: 5000, fixedOpen: "60 seconds" }
+  ? {
+      rounds: 3,
+      overheadCalls: 50_000,
+      throughputMillis: 250,
+      rejections: 20_000,
+      memoryStatements: 100_000,
+      outageMillis: 1000,
+      fixedOpen: "4 seconds"
+    }
+  : {
+      rounds: 7,
+      overheadCalls: 300_000,
+      throughputMillis: 700,
+      rejections: 200_000,
+      memoryStatements: 1_000_000,
+      outageMillis: 5000,
+      fixedOpen: "60 seconds"
+    }
 
 const log = (line: string) => process.stderr.write(`${line}\n`)
 const sections: Array<string> = []
@@ -111,18 +127,26 @@ const overhead = Effect.gen(function* () {
     { name: "Sturdy full stack", run: runEffectLoop(sturdy, calls) },
     { name: "effect: Effect.retry + CircuitBreaker.execute + Effect.timeout", run: runEffectLoop(composite, calls) },
     { name: "bare await", run: runPromiseLoop(resolved, calls) },
-    { name: "cockatiel: wrap(retry, circuitBreaker, timeout)", run: runPromiseLoop(() => cockatiel.execute(resolved), calls) },
+    {
+      name: "cockatiel: wrap(retry, circuitBreaker, timeout)",
+      run: runPromiseLoop(() => cockatiel.execute(resolved), calls)
+    },
     { name: "opossum (with timeout)", run: runPromiseLoop(() => opossum.fire(), calls) }
   ]
   const results = yield* Effect.promise(() => alternate(cases, settings.rounds))
   const nsOf = (name: string) => median(results.get(name)!)
-  const baselineOf = (name: string) => (name.startsWith("cockatiel") || name.startsWith("opossum") || name === "bare await" ? "bare await" : "bare Effect")
+  const baselineOf = (name: string) =>
+    name.startsWith("cockatiel") || name.startsWith("opossum") || name === "bare await" ? "bare await" : "bare Effect"
   const rows = cases.map((c) => {
     const baseline = baselineOf(c.name)
     const added = c.name === baseline ? "-" : format(nsOf(c.name) - nsOf(baseline))
-    const ratios = c.name === baseline
-      ? "-"
-      : results.get(c.name)!.map((ns, i) => format(ns / results.get(baseline)![i]!, 1)).join(" ")
+    const ratios =
+      c.name === baseline
+        ? "-"
+        : results
+            .get(c.name)!
+            .map((ns, i) => format(ns / results.get(baseline)![i]!, 1))
+            .join(" ")
     return [c.name, format(nsOf(c.name)), added, ratios]
   })
   opossum.shutdown()
@@ -154,7 +178,12 @@ const throughput = (server: PgServer.PgServerService) =>
         ResilientPg.layer({ ...common, applicationName: "bench-sturdy", profile: "production" })
       )
       const sturdy = Context.get(sturdyContext, PgClient.PgClient)
-      const compare = (query: "SELECT 1" | "primary-key read", concurrency: number, other: SqlClient.SqlClient, label: string) =>
+      const compare = (
+        query: "SELECT 1" | "primary-key read",
+        concurrency: number,
+        other: SqlClient.SqlClient,
+        label: string
+      ) =>
         Effect.gen(function* () {
           const statement = (sql: SqlClient.SqlClient) =>
             query === "SELECT 1"
@@ -171,7 +200,10 @@ const throughput = (server: PgServer.PgServerService) =>
             })
             const started = performance.now()
             const fiber = Effect.runFork(
-              Effect.all(Array.from({ length: concurrency }, () => worker), { concurrency: "unbounded" })
+              Effect.all(
+                Array.from({ length: concurrency }, () => worker),
+                { concurrency: "unbounded" }
+              )
             )
             await new Promise((resolve) => setTimeout(resolve, settings.throughputMillis))
             stop = true
@@ -220,7 +252,7 @@ const throughput = (server: PgServer.PgServerService) =>
 /** Times each run of `effect` on its own; returns the per-call latencies in ns and how many failed. */
 const timeEach = (effect: Effect.Effect<unknown, unknown>, calls: number) =>
   Effect.gen(function* () {
-    const latencies: Array<number> = new Array(calls)
+    const latencies = new Float64Array(calls)
     let failed = 0
     for (let i = 0; i < calls; i++) {
       const started = performance.now()
@@ -228,7 +260,7 @@ const timeEach = (effect: Effect.Effect<unknown, unknown>, calls: number) =>
       latencies[i] = (performance.now() - started) * 1e6
       if (Exit.isFailure(exit)) failed++
     }
-    return { latencies, failed }
+    return { latencies: Array.from(latencies), failed }
   })
 
 const failFast = (server: PgServer.PgServerService) =>
@@ -346,7 +378,12 @@ const recovery = (server: PgServer.PgServerService) =>
               yield* Effect.sleep("5 millis")
             }
           })
-          const callers = yield* Effect.forkChild(Effect.all(Array.from({ length: 10 }, () => caller), { concurrency: "unbounded" }))
+          const callers = yield* Effect.forkChild(
+            Effect.all(
+              Array.from({ length: 10 }, () => caller),
+              { concurrency: "unbounded" }
+            )
+          )
           yield* Effect.sleep("200 millis")
           yield* server.stop
           yield* Effect.sleep(Duration.millis(settings.outageMillis))
@@ -405,7 +442,17 @@ const memory = Effect.gen(function* () {
   sections.push(
     "## 5. Memory\n\n" +
       `${format(settings.memoryStatements)} statements through Sturdy's full stack (fake connection), heap after a forced GC before and after${gc === undefined ? " (run without --expose-gc: no forced GC, figures are indicative)" : ""}.\n\n` +
-      table(["statements", "heap before", "heap after", "growth"], [[format(settings.memoryStatements), `${format(before / 1e6, 1)} MB`, `${format(after / 1e6, 1)} MB`, `${format(growth / 1e6, 2)} MB`]]) +
+      table(
+        ["statements", "heap before", "heap after", "growth"],
+        [
+          [
+            format(settings.memoryStatements),
+            `${format(before / 1e6, 1)} MB`,
+            `${format(after / 1e6, 1)} MB`,
+            `${format(growth / 1e6, 2)} MB`
+          ]
+        ]
+      ) +
       "\n"
   )
   return { growth }
@@ -425,19 +472,35 @@ const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* 
   const targets = table(
     ["target", "measured", "status"],
     [
-      ["added overhead of the full stack <= 1 µs per call", `${format(over.sturdyAdded)} ns`, over.sturdyAdded <= 1000 ? "met" : "missed"],
+      [
+        "added overhead of the full stack <= 1 µs per call",
+        `${format(over.sturdyAdded)} ns`,
+        over.sturdyAdded <= 1000 ? "met" : "missed"
+      ],
       [
         "Sturdy/plain throughput >= 0.95 everywhere",
         `worst ${format(through.worstRatio, 2)} (two identical plain clients: ${format(through.worstNoise, 2)})`,
         through.worstRatio >= 0.95
           ? "met"
           : through.worstRatio >= through.worstNoise - 0.02
-          ? "within the noise of this run"
-          : "missed"
+            ? "within the noise of this run"
+            : "missed"
       ],
-      ["rejection by the stack: p50 <= 1 µs, p99 < 20 µs, 0 connections", `${format(fail.p50)} ns, ${format(fail.p99)} ns, ${fail.connectionAttempts}`, fail.p50 <= 1000 && fail.p99 < 20_000 && fail.connectionAttempts === 0 ? "met" : "missed"],
-      ["recovery with the exponential schedule < 1 s", `${format(rec.exponential / 1000, 2)} s`, rec.exponential < 1000 ? "met" : "missed"],
-      [`heap growth over ${format(settings.memoryStatements)} statements < 5 MB`, `${format(mem.growth / 1e6, 2)} MB`, mem.growth < 5e6 ? "met" : "missed"]
+      [
+        "rejection by the stack: p50 <= 1 µs, p99 < 20 µs, 0 connections",
+        `${format(fail.p50)} ns, ${format(fail.p99)} ns, ${fail.connectionAttempts}`,
+        fail.p50 <= 1000 && fail.p99 < 20_000 && fail.connectionAttempts === 0 ? "met" : "missed"
+      ],
+      [
+        "recovery with the exponential schedule < 1 s",
+        `${format(rec.exponential / 1000, 2)} s`,
+        rec.exponential < 1000 ? "met" : "missed"
+      ],
+      [
+        `heap growth over ${format(settings.memoryStatements)} statements < 5 MB`,
+        `${format(mem.growth / 1e6, 2)} MB`,
+        mem.growth < 5e6 ? "met" : "missed"
+      ]
     ]
   )
   const cpus = Os.cpus()
@@ -460,7 +523,9 @@ const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* 
   log(`wrote ${file}`)
 })
 
-Effect.runPromise(Effect.scoped(program).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))).catch((error) => {
-  process.stderr.write(`pnpm bench failed: ${error}\n`)
-  process.exit(1)
-})
+Effect.runPromise(Effect.scoped(program).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))).catch(
+  (error) => {
+    process.stderr.write(`pnpm bench failed: ${error}\n`)
+    process.exit(1)
+  }
+)

@@ -180,6 +180,7 @@ export const run = (
         return {
           workload,
           applicationName,
+          context: context as Context.Context<ResilientPg.ResilientPg>,
           sql: Context.get(context, SqlClient.SqlClient),
           service: Context.get(context, ResilientPg.ResilientPg)
         }
@@ -196,6 +197,7 @@ export const run = (
           Runner.run({
             workload: client.workload,
             sql: client.sql,
+            context: client.context,
             concurrency: 3,
             stop: Deferred.await(stop),
             deadline: Duration.millis(callBound * 3),

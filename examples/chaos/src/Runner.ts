@@ -3,7 +3,7 @@
  * started, how long it took and how it ended, as a caller sees it.
  */
 import { ResilientPg } from "@sturdy/pg"
-import { Cause, Duration, Effect, Exit, Fiber, FiberSet, Option } from "effect"
+import { Cause, type Context, Duration, Effect, Exit, Fiber, FiberSet, Option } from "effect"
 import type { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
 import type { Workload } from "./Workload.ts"
@@ -42,6 +42,8 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
 const callOnce = (options: {
   readonly workload: Workload
   readonly sql: SqlClient.SqlClient
+  /** What the workload's calls need: the Sturdy client's services (a plain client runs only statements). */
+  readonly context: Context.Context<ResilientPg.ResilientPg>
   readonly deadline: Duration.Input
   readonly record: (call: CallRecord) => void
 }) =>
@@ -49,7 +51,10 @@ const callOnce = (options: {
     const id = randomUUID()
     const startedAt = performance.now()
     return Effect.exit(
-      ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(Effect.timeoutOption(options.deadline))
+      ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(
+        Effect.provideContext(options.context),
+        Effect.timeoutOption(options.deadline)
+      )
     ).pipe(
       Effect.map((exit) => {
         const outcome = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : outcomeOf(exit)
@@ -74,6 +79,7 @@ const callOnce = (options: {
 export const runOpenLoop = (options: {
   readonly workload: Workload
   readonly sql: SqlClient.SqlClient
+  readonly context: Context.Context<ResilientPg.ResilientPg>
   readonly perSecond: number
   readonly stop: Effect.Effect<void>
   readonly deadline: Duration.Input
@@ -112,6 +118,7 @@ export const runOpenLoop = (options: {
 export const run = (options: {
   readonly workload: Workload
   readonly sql: SqlClient.SqlClient
+  readonly context: Context.Context<ResilientPg.ResilientPg>
   readonly concurrency: number
   readonly stop: Effect.Effect<void>
   readonly deadline: Duration.Input
@@ -124,7 +131,10 @@ export const run = (options: {
       const id = randomUUID()
       const startedAt = performance.now()
       const exit = yield* Effect.exit(
-        ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(Effect.timeoutOption(options.deadline))
+        ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(
+          Effect.provideContext(options.context),
+          Effect.timeoutOption(options.deadline)
+        )
       )
       const millis = performance.now() - startedAt
       const outcome = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : outcomeOf(exit)

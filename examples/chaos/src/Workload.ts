@@ -9,7 +9,7 @@
  */
 import { ResilientPg } from "@sturdy/pg"
 import { Effect } from "effect"
-import type { SqlClient } from "effect/sql"
+import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 
 /**
@@ -25,8 +25,8 @@ export interface Workload {
   /** Whether its calls write. */
   readonly writes: boolean
   readonly setup: (sql: SqlClient.SqlClient) => Effect.Effect<void, SqlError>
-  /** One call: a statement (or a transaction) under test, for the id. */
-  readonly call: (sql: SqlClient.SqlClient, id: string) => Effect.Effect<unknown, SqlError>
+  /** One call: a statement (or a transaction) under test, for the id. Transactions need the Sturdy client's service. */
+  readonly call: (sql: SqlClient.SqlClient, id: string) => Effect.Effect<unknown, unknown, ResilientPg.ResilientPg>
   /**
    * Reads what landed. `acknowledged`: ids whose call succeeded; `attempted`: every id tried.
    * Returns acknowledged writes missing, and writes present more than once (or half-applied, for transactions).
@@ -117,7 +117,8 @@ export const inserts: Workload = {
 }
 
 /**
- * Two inserts in one transaction: both land or neither, and never twice.
+ * Two inserts in one transaction, through `ResilientPg.withTransaction`: both
+ * land or neither, never twice, and a lost COMMIT is resolved.
  *
  * @since 0.1.0
  */
@@ -130,12 +131,12 @@ export const transactions: Workload = {
       sql`CREATE TABLE IF NOT EXISTS chaos_tx_b (seq bigserial PRIMARY KEY, client_id uuid NOT NULL)`
     ),
   call: (sql, id) =>
-    sql.withTransaction(
+    ResilientPg.withTransaction(
       Effect.andThen(
         sql`INSERT INTO chaos_tx_a (client_id) VALUES (${id}::uuid)`,
         sql`INSERT INTO chaos_tx_b (client_id) VALUES (${id}::uuid)`
       )
-    ),
+    ).pipe(Effect.provideService(SqlClient.SqlClient, sql)),
   verify: (admin, acknowledged) =>
     Effect.gen(function* () {
       const a = yield* countsById(admin, "chaos_tx_a")

@@ -212,6 +212,8 @@ const runOnce = (
       Runner.runOpenLoop({
         workload: mixed,
         sql,
+        // The mixed workload runs statements only, which need nothing but the client.
+        context: context as unknown as Context.Context<ResilientPg.ResilientPg>,
         perSecond: concurrency * 10,
         stop: Deferred.await(stop),
         deadline: "15 seconds",

@@ -46,7 +46,7 @@
  * @since 0.1.0
  */
 import { type Breaker, Transient } from "@sturdy/resilience"
-import { Predicate, Schema } from "effect"
+import { Duration, Predicate, Schema } from "effect"
 import {
   ConnectionError as ConnectionErrorReason,
   SqlError,
@@ -331,7 +331,42 @@ export const sessionLost = (error: SqlError): boolean => {
  * @since 0.1.0
  * @category models
  */
-export type PolicyFailure = TransientError | OutcomeUnknown | Breaker.CircuitOpen
+export type PolicyFailure = TransientError | OutcomeUnknown | Breaker.CircuitOpen | CommitOutcomeUnknown
+
+/**
+ * The connection was lost after `COMMIT` was sent, and asking the server
+ * about the transaction (`pg_xact_status`) gave no answer in time: it may or
+ * may not have committed. `transactionId` is what to look up once the
+ * database is reachable again (`SELECT pg_xact_status('<id>'::xid8)`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CommitOutcomeUnknown extends Schema.TaggedError<CommitOutcomeUnknown>()("CommitOutcomeUnknown", {
+  transactionId: Schema.String,
+  /** What the resolution attempts last met. */
+  detail: Schema.String
+}) {
+  readonly isRetryable = false
+  override get message(): string {
+    return `The connection was lost after COMMIT of transaction ${this.transactionId} was sent, and whether it committed could not be determined (${this.detail})`
+  }
+}
+
+/**
+ * `ResilientPg.withTransaction` ran out of its whole-transaction deadline.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TransactionTimeout extends Schema.TaggedError<TransactionTimeout>()("TransactionTimeout", {
+  timeout: Schema.Duration
+}) {
+  readonly isRetryable = false
+  override get message(): string {
+    return `The transaction did not complete within its deadline of ${Duration.format(this.timeout)}`
+  }
+}
 
 /**
  * @since 0.1.0
@@ -340,7 +375,8 @@ export type PolicyFailure = TransientError | OutcomeUnknown | Breaker.CircuitOpe
 export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
   Predicate.isTagged(u, "TransientError") ||
   Predicate.isTagged(u, "OutcomeUnknown") ||
-  Predicate.isTagged(u, "CircuitOpen")
+  Predicate.isTagged(u, "CircuitOpen") ||
+  Predicate.isTagged(u, "CommitOutcomeUnknown")
 
 /**
  * Wraps a policy failure in the `SqlError` that `SqlClient`'s statements are
@@ -359,7 +395,7 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
 export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
   new SqlError({
     reason:
-      failure._tag !== "OutcomeUnknown"
+      failure._tag !== "OutcomeUnknown" && failure._tag !== "CommitOutcomeUnknown"
         ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
         : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
   })

@@ -61,8 +61,21 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
-import { Breaker, DatabaseMetrics, HealthMonitor, Profile } from "@sturdy/resilience"
-import { Config, Context, Duration, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
+import { Breaker, DatabaseMetrics, HealthMonitor, Profile, Retry } from "@sturdy/resilience"
+import {
+  Clock,
+  Config,
+  Context,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  Predicate,
+  Redacted,
+  Schedule,
+  Schema,
+  Stream
+} from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
@@ -146,6 +159,26 @@ export interface Service {
   readonly breakerState: Effect.Effect<Breaker.State>
   readonly transitions: Stream.Stream<Breaker.Transition>
   readonly pool: Effect.Effect<DatabaseMetrics.PoolStats>
+  /** What `withTransaction` did since the layer was built (counters, read them, do not write them). */
+  readonly transactions: TransactionCounters
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface TransactionCounters {
+  /** Calls of `withTransaction`. */
+  started: number
+  /** Whole-transaction retries (40001, 40P01, a failure before COMMIT was sent, a COMMIT found aborted). */
+  retries: number
+  /** Retries caused by a serialization failure (40001) or a deadlock (40P01). */
+  conflictRetries: number
+  /** COMMITs whose answer was lost, and what asking the server found. */
+  commitsInDoubt: number
+  commitsFoundCommitted: number
+  commitsFoundAborted: number
+  commitsUnresolved: number
 }
 
 /**
@@ -200,8 +233,182 @@ export const unwrapFailures = <A, E, R>(
 ): Effect.Effect<A, E | PgFailure.PolicyFailure, R> =>
   Effect.mapError(self, (error) => (isSqlError(error) && PgFailure.fromSqlError(error)) || error)
 
+/**
+ * @since 0.1.0
+ * @category transactions
+ */
+export interface TransactionOptions {
+  /** Defaults to the server's (`default_transaction_isolation`, read committed unless configured). */
+  readonly isolation?: "read committed" | "repeatable read" | "serializable" | undefined
+  /**
+   * `"read only"` starts the transaction `READ ONLY` (the server refuses any
+   * write), skips the transaction-id round trip, and treats a lost COMMIT
+   * answer as success: nothing was written.
+   */
+  readonly access?: "read write" | "read only" | undefined
+  /** Whole-transaction retries after the first attempt. Default 5. */
+  readonly retriesAfterFirst?: number | undefined
+  /** First delay between attempts, doubling; default 50 ms, so contention clears quickly. */
+  readonly backoffBase?: Duration.Input | undefined
+  /** Uniform jitter added to each delay, in [0, x); default 50 ms. */
+  readonly backoffJitter?: Duration.Input | undefined
+  /** Bound on the whole call, retries included. Default: twice the attempt timeout. */
+  readonly deadline?: Duration.Input | undefined
+  /** How long to keep asking the server about a COMMIT whose answer was lost. Default: the attempt timeout. */
+  readonly resolveCommitWithin?: Duration.Input | undefined
+}
+
+/** A failure after which the whole transaction may run again. */
+class RetryTransaction {
+  readonly _tag = "RetryTransaction"
+  readonly error: unknown
+  readonly conflict: boolean
+  constructor(error: unknown, conflict: boolean) {
+    this.error = error
+    this.conflict = conflict
+  }
+}
+
+const positiveDuration = (fn: string, name: string, input: Duration.Input): Duration.Duration => {
+  const duration = Duration.fromInputUnsafe(input)
+  if (!Duration.isFinite(duration) || !(Duration.toMillis(duration) > 0)) {
+    throw new RangeError(`${fn}: ${name} must be a positive finite duration, got ${Duration.format(duration)}`)
+  }
+  return duration
+}
+
+/**
+ * Runs `self` in a transaction, and runs the whole transaction again (a fresh
+ * connection, `self` from the start) when that is safe: on a serialization
+ * failure (40001), a deadlock (40P01), any transient failure before COMMIT
+ * was sent (the server rolls back a transaction whose session is lost), and
+ * a COMMIT found aborted.
+ *
+ * **Details**
+ *
+ * In-doubt COMMIT: before sending COMMIT, Sturdy reads the transaction's id
+ * (`pg_current_xact_id_if_assigned()`). If the connection is lost after
+ * COMMIT was sent and before its answer, a fresh session (outside the pool
+ * and the breaker) asks `pg_xact_status(id)`: `committed` means the call
+ * succeeds with its result, without running again; `aborted` means it is run
+ * again; `in progress` is asked again until `resolveCommitWithin`; no answer
+ * in time fails with `CommitOutcomeUnknown` carrying the id. The cost is one
+ * extra round trip per transaction (none with `access: "read only"`).
+ *
+ * **Gotchas**
+ *
+ * - `self` may run several times: keep side effects outside the database
+ *   (an HTTP call, a message) out of it, or make them idempotent.
+ * - Marked `idempotent`, a transaction whose COMMIT outcome stays unknown is
+ *   run again instead of failing with `CommitOutcomeUnknown`.
+ * - A failure to get a connection has already been retried by the client's
+ *   own policy; it ends the call rather than start another round of retries.
+ *
+ * @since 0.1.0
+ * @category transactions
+ */
+export const withTransaction = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  options: TransactionOptions = {}
+): Effect.Effect<
+  A,
+  E | SqlError | PgFailure.PolicyFailure | PgFailure.TransactionTimeout,
+  R | SqlClient.SqlClient | ResilientPg
+> =>
+  Effect.gen(function* () {
+    const fn = "ResilientPg.withTransaction"
+    const sql = yield* SqlClient.SqlClient
+    const service = yield* ResilientPg
+    const isolation = options.isolation
+    if (isolation !== undefined && !["read committed", "repeatable read", "serializable"].includes(isolation)) {
+      throw new RangeError(
+        `${fn}: isolation must be "read committed", "repeatable read" or "serializable", got ${JSON.stringify(isolation)}`
+      )
+    }
+    const access = options.access ?? "read write"
+    if (access !== "read write" && access !== "read only") {
+      throw new RangeError(`${fn}: access must be "read write" or "read only", got ${JSON.stringify(access)}`)
+    }
+    const retriesAfterFirst = options.retriesAfterFirst ?? 5
+    if (!Number.isInteger(retriesAfterFirst) || retriesAfterFirst < 0) {
+      throw new RangeError(`${fn}: retriesAfterFirst must be an integer >= 0, got ${retriesAfterFirst}`)
+    }
+    const attemptTimeout = service.profile.attemptTimeout
+    const deadline = positiveDuration(fn, "deadline", options.deadline ?? Duration.times(attemptTimeout, 2))
+    const resolveWithin = positiveDuration(fn, "resolveCommitWithin", options.resolveCommitWithin ?? attemptTimeout)
+    const begin = `BEGIN${isolation === undefined ? "" : ` ISOLATION LEVEL ${isolation.toUpperCase()}`}${
+      access === "read only" ? " READ ONLY" : ""
+    }`
+    const counters = service.transactions
+    counters.started++
+
+    const classify = (error: unknown, attempt: CommitAttempt, idempotent: boolean): unknown => {
+      if (!isSqlError(error)) return error
+      const policy = PgFailure.fromSqlError(error)
+      if (policy !== undefined) {
+        return policy._tag === "CommitOutcomeUnknown" && idempotent ? new RetryTransaction(policy, false) : policy
+      }
+      const reason = PgFailure.classify(error, "transaction")
+      if (reason === undefined) return error
+      // In a READ ONLY transaction, 25006 is the caller's write, not a failover: running it again cannot help.
+      if (access === "read only" && reason._tag === "ReadOnlyTransaction") return error
+      const conflict = reason._tag === "SerializationFailure" || reason._tag === "Deadlock"
+      // Before COMMIT was sent nothing can have committed; after it, the server either refused the COMMIT
+      // (an answer: not applied) or was asked and said aborted.
+      const safe = attempt.state !== "sent" || PgFailure.outcome(reason) === "not-applied"
+      return safe ? new RetryTransaction(error, conflict) : error
+    }
+
+    const once = Effect.suspend(() => {
+      const attempt: CommitAttempt = { access, resolveWithin, state: "not-sent", transactionId: undefined }
+      return sql.withTransaction(self).pipe(
+        Effect.provideService(SqlClient.BeginTransaction, begin),
+        Effect.provideService(CurrentCommitAttempt, attempt),
+        Effect.catch((error) =>
+          Effect.withFiber((fiber) => Effect.fail(classify(error, attempt, fiber.getRef(Idempotency) === "idempotent")))
+        )
+      )
+    })
+
+    const policy = Retry.schedule(
+      { retriesAfterFirst, base: options.backoffBase ?? "50 millis", jitter: options.backoffJitter ?? "50 millis" },
+      (failure: unknown) => Predicate.isTagged(failure, "RetryTransaction")
+    ).pipe(
+      Schedule.tap((meta) =>
+        Effect.sync(() => {
+          counters.retries++
+          if ((meta.input as RetryTransaction).conflict) counters.conflictRetries++
+        }).pipe(
+          Effect.andThen(Effect.logWarning("Retrying a transaction")),
+          Effect.annotateLogs({
+            "sturdy.event": "transaction-retry",
+            "sturdy.reason":
+              PgFailure.classify((meta.input as RetryTransaction).error as SqlError, "transaction")?._tag ??
+              String(((meta.input as RetryTransaction).error as { readonly _tag?: string })?._tag),
+            "sturdy.attempt": meta.attempt + 1,
+            "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
+          })
+        )
+      )
+    )
+
+    return yield* Retry.retryOnFailure(once, policy).pipe(
+      Effect.catch((failure) =>
+        Effect.fail(
+          Predicate.isTagged(failure, "RetryTransaction") ? unwrap((failure as RetryTransaction).error) : failure
+        )
+      ),
+      Effect.timeoutOrElse({
+        duration: deadline,
+        orElse: () => Effect.fail(new PgFailure.TransactionTimeout({ timeout: deadline }))
+      })
+    ) as Effect.Effect<A, E | SqlError | PgFailure.PolicyFailure | PgFailure.TransactionTimeout, R>
+  })
+
+const unwrap = (error: unknown): unknown => (isSqlError(error) && PgFailure.fromSqlError(error)) || error
+
 /** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`; PgClient's own check. */
-const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
+const plainCommit = (conn: Connection): Effect.Effect<void, SqlError> =>
   Effect.flatMap(conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
     result.command === "ROLLBACK"
       ? Effect.fail(
@@ -215,6 +422,19 @@ const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
         )
       : Effect.void
   )
+
+/** One transaction attempt of `withTransaction`, as its COMMIT sees it. */
+interface CommitAttempt {
+  readonly access: "read write" | "read only"
+  readonly resolveWithin: Duration.Duration
+  state: "not-sent" | "sent" | "found-aborted"
+  transactionId: string | undefined
+}
+
+/** Set by `withTransaction` around one attempt; read by the client's COMMIT. Absent for `sql.withTransaction`. */
+const CurrentCommitAttempt = Context.Reference<CommitAttempt | undefined>("@sturdy/pg/ResilientPg/CommitAttempt", {
+  defaultValue: () => undefined
+})
 
 const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
 
@@ -430,6 +650,102 @@ export const make = Effect.fnUntraced(function* (
   const reserve = stack.acquire(pool.reserve, "reserve")
   const borrower = stack.borrower
 
+  const transactions: TransactionCounters = {
+    started: 0,
+    retries: 0,
+    conflictRetries: 0,
+    commitsInDoubt: 0,
+    commitsFoundCommitted: 0,
+    commitsFoundAborted: 0,
+    commitsUnresolved: 0
+  }
+
+  /** Asks a fresh session, outside the pool and the breaker, what became of a transaction. */
+  const transactionStatus = (transactionId: string, connectTimeout: Duration.Duration) =>
+    Effect.scoped(
+      Effect.flatMap(
+        PgConnection.make({
+          ...options,
+          applicationName: `${options.applicationName ?? "@effect/sql-pg"} commit-resolution`,
+          connectTimeout
+        }),
+        (session) => session.query("SELECT pg_xact_status($1::xid8)::text AS status", [transactionId], false)
+      )
+    ).pipe(Effect.map((result) => (result.rows[0]?.status ?? null) as string | null))
+
+  /**
+   * The COMMIT was sent and its answer lost: poll `pg_xact_status` until the
+   * server says committed (success) or aborted (safe to run again), or the
+   * time runs out (CommitOutcomeUnknown).
+   */
+  const resolveCommit = (attempt: CommitAttempt, transactionId: string, lost: SqlError) =>
+    Effect.gen(function* () {
+      transactions.commitsInDoubt++
+      yield* Effect.logWarning(
+        "The answer to a COMMIT was lost: asking the server what became of the transaction"
+      ).pipe(Effect.annotateLogs({ "sturdy.event": "commit-in-doubt", "sturdy.transactionId": transactionId }))
+      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(attempt.resolveWithin)
+      let detail = "no answer yet"
+      while (true) {
+        const remaining = deadline - (yield* Clock.currentTimeMillis)
+        if (remaining <= 0) break
+        const status = yield* Effect.result(
+          transactionStatus(transactionId, Duration.millis(Math.min(remaining, 2000)))
+        )
+        if (status._tag === "Success" && status.success === "committed") {
+          transactions.commitsFoundCommitted++
+          yield* Effect.logInfo("The in-doubt COMMIT had committed").pipe(
+            Effect.annotateLogs({ "sturdy.event": "commit-resolved", "sturdy.outcome": "committed" })
+          )
+          return
+        }
+        if (status._tag === "Success" && status.success === "aborted") {
+          transactions.commitsFoundAborted++
+          attempt.state = "found-aborted"
+          yield* Effect.logInfo("The in-doubt COMMIT had not committed: the transaction can run again").pipe(
+            Effect.annotateLogs({ "sturdy.event": "commit-resolved", "sturdy.outcome": "aborted" })
+          )
+          return yield* Effect.fail(lost)
+        }
+        detail =
+          status._tag === "Success"
+            ? `pg_xact_status: ${status.success ?? "unknown (too old)"}`
+            : `the server could not be asked: ${status.failure.message}`
+        if (status._tag === "Success" && status.success === null) break
+        yield* Effect.sleep("50 millis")
+      }
+      transactions.commitsUnresolved++
+      const unknown = new PgFailure.CommitOutcomeUnknown({ transactionId, detail })
+      return yield* Effect.fail(PgFailure.toSqlError(unknown, "commit"))
+    })
+
+  /** COMMIT, resolving a lost answer when `withTransaction` asked for it. */
+  const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
+    Effect.withFiber((fiber) => {
+      const attempt = fiber.getRef(CurrentCommitAttempt)
+      if (attempt === undefined) return plainCommit(conn)
+      if (attempt.access === "read only") {
+        // Nothing was written: if the answer is lost, the result read before it stands.
+        attempt.state = "sent"
+        return Effect.catchIf(plainCommit(conn), PgFailure.sessionLost, () => Effect.void)
+      }
+      return Effect.flatMap(
+        conn.executeRaw("SELECT pg_current_xact_id_if_assigned()::text AS xid", []) as Effect.Effect<
+          PgConnection.Result,
+          SqlError
+        >,
+        (result) => {
+          const transactionId = (result.rows[0]?.xid ?? null) as string | null
+          attempt.transactionId = transactionId ?? undefined
+          attempt.state = "sent"
+          return Effect.catchIf(plainCommit(conn), PgFailure.sessionLost, (lost) =>
+            // A transaction that wrote nothing has no outcome to lose.
+            transactionId === null ? Effect.void : resolveCommit(attempt, transactionId, lost)
+          )
+        }
+      )
+    })
+
   const compiler = PgClient.makeCompiler(options.transformQueryNames, options.transformJson)
   const client = yield* SqlClient.make({
     acquirer: acquire,
@@ -519,7 +835,8 @@ export const make = Effect.fnUntraced(function* (
       ),
       breakerState: breaker.state(key),
       transitions: breaker.transitions,
-      pool: Effect.sync(pool_)
+      pool: Effect.sync(pool_),
+      transactions
     }
   }
 })

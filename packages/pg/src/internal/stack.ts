@@ -131,7 +131,10 @@ export class SqlConnection implements Connection {
     })
   }
   private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
-    return this.watch(sql, Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows))
+    return this.watch(
+      sql,
+      Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows)
+    )
   }
   execute(
     sql: string,
@@ -194,7 +197,7 @@ export interface Stack {
   readonly waiting: () => number
 }
 
-export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Return<Stack, never, Scope.Scope> {
+export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Return<Stack, never, Scope.Scope> {
   const { breaker, key, profile, recorder, pool } = options
   const local = breaker.local
   const clock = yield* Clock.Clock
@@ -244,8 +247,8 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
     let reason: PgFailure.TransientReason | undefined = Predicate.isTagged(error, "AttemptTimeout")
       ? (error as Transient.AttemptTimeout)
       : isSqlError(error)
-      ? PgFailure.classify(error)
-      : undefined
+        ? PgFailure.classify(error)
+        : undefined
     // The watchdog ended this session: the closed connection is the attempt's deadline.
     if (call.timedOut && reason !== undefined && isSqlError(error) && PgFailure.sessionLost(error)) {
       reason = attemptTimeout(call)
@@ -293,13 +296,19 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
     recorder.rejections++
     const cached = cachedRejection
     if (
-      cached !== undefined && cached.retryAfterMillis === admission.retryAfterMillis &&
+      cached !== undefined &&
+      cached.retryAfterMillis === admission.retryAfterMillis &&
       cached.probing === admission.probing
     ) {
       return cached
     }
-    const error = stackless(() =>
-      new Breaker.CircuitOpen({ key, retryAfter: Duration.millis(admission.retryAfterMillis), probing: admission.probing })
+    const error = stackless(
+      () =>
+        new Breaker.CircuitOpen({
+          key,
+          retryAfter: Duration.millis(admission.retryAfterMillis),
+          probing: admission.probing
+        })
     )
     const wrapped = stackless(() => PgFailure.toSqlError(error, "execute"))
     cachedRejection = {
@@ -453,7 +462,10 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
             }
           })
         }),
-        (exit) => (Exit.isSuccess(exit) ? "Success" : breakerOutcome(Cause.findErrorOption(exit.cause).pipe((o) => o._tag === "Some" ? o.value : undefined)))
+        (exit) =>
+          Exit.isSuccess(exit)
+            ? "Success"
+            : breakerOutcome(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
       ),
       (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
     )
@@ -491,7 +503,11 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
 
   const recovered = (operation: string, call: Call) =>
     Effect.logInfo("A database call recovered").pipe(
-      Effect.annotateLogs({ "sturdy.event": "recovered", "sturdy.operation": operation, "sturdy.attempts": call.attempts })
+      Effect.annotateLogs({
+        "sturdy.event": "recovered",
+        "sturdy.operation": operation,
+        "sturdy.attempts": call.attempts
+      })
     )
 
   const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
@@ -505,7 +521,7 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
         "sturdy.event": "failed",
         "sturdy.operation": operation,
         "sturdy.error": failure._tag,
-        "sturdy.reason": failure.reason._tag,
+        "sturdy.reason": failure._tag === "CommitOutcomeUnknown" ? "CommitOutcomeUnknown" : failure.reason._tag,
         "sturdy.attempts": call.attempts
       }),
       Effect.fail(PgFailure.toSqlError(failure, operation))
@@ -522,7 +538,12 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
     return wrapped
   }
 
-  const fail = <E>(operation: string, call: Call, counted: boolean, error: unknown): Effect.Effect<never, E | SqlError> => {
+  const fail = <E>(
+    operation: string,
+    call: Call,
+    counted: boolean,
+    error: unknown
+  ): Effect.Effect<never, E | SqlError> => {
     if (counted) {
       recorder.failed++
       recorder.latency.record(performance.now() - call.started)
@@ -593,7 +614,13 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
               return Effect.withFiber((fiber) => {
                 const failure = decide(found.value, call, options.idempotency(fiber))
                 local.record(key, generation, breakerOutcome(failure))
-                return retry<A, E, R>("execute", call, true, Effect.suspend(() => attempt(call, f)), failure)
+                return retry<A, E, R>(
+                  "execute",
+                  call,
+                  true,
+                  Effect.suspend(() => attempt(call, f)),
+                  failure
+                )
               })
             }
           })
@@ -605,7 +632,13 @@ export const make = Effect.fnUntraced(function*(options: Options): Effect.fn.Ret
       return Effect.matchEffect(first, {
         onSuccess: (value) => succeed("execute", call, true, value),
         onFailure: (failure) =>
-          retry<A, E, R>("execute", call, true, Effect.suspend(() => attempt(call, f)), failure)
+          retry<A, E, R>(
+            "execute",
+            call,
+            true,
+            Effect.suspend(() => attempt(call, f)),
+            failure
+          )
       })
     })
 
