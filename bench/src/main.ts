@@ -8,7 +8,7 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
-import { ResilientPg } from "@sturdy/pg"
+import { ResilientPg, StatementStats } from "@sturdy/pg"
 // The stack is internal to @sturdy/pg; the benchmark measures it directly.
 import * as Stack from "../../packages/pg/src/internal/stack.ts"
 import { Breaker, DatabaseMetrics, Profile } from "@sturdy/resilience"
@@ -99,6 +99,7 @@ const overhead = Effect.gen(function* () {
     breaker,
     key: "db",
     recorder,
+    statements: new StatementStats.Table(500),
     idempotency: () => "auto"
   })
   const sturdy = stack.borrower(() => bare)
@@ -288,6 +289,7 @@ const failFast = (server: PgServer.PgServerService) =>
       breaker,
       key: "db",
       recorder: new DatabaseMetrics.Recorder(),
+      statements: new StatementStats.Table(500),
       idempotency: () => "auto"
     })
     const call = stack.borrower(() => Effect.succeed(1))
@@ -428,6 +430,7 @@ const memory = Effect.gen(function* () {
     breaker,
     key: "db",
     recorder,
+    statements: new StatementStats.Table(500),
     idempotency: () => "auto"
   })
   const statement = stack.borrower(() => Effect.succeed(1))

@@ -83,6 +83,7 @@ import type { Connection } from "effect/sql/SqlConnection"
 import { ConnectionError, isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import * as Stack from "./internal/stack.ts"
+import * as StatementStats from "./StatementStats.ts"
 import * as PgFailure from "./PgFailure.ts"
 import * as Net from "node:net"
 
@@ -120,6 +121,8 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
    * `StartupHealthCheckFailed`.
    */
   readonly healthOnStartup?: "degraded" | "fail" | undefined
+  /** How many statement fingerprints the per-statement table keeps (least recently used beyond); 0 turns it off. Default 500. */
+  readonly statementStatsSize?: number | undefined
 }
 
 /**
@@ -159,6 +162,8 @@ export interface Service {
   readonly breakerState: Effect.Effect<Breaker.State>
   readonly transitions: Stream.Stream<Breaker.Transition>
   readonly pool: Effect.Effect<DatabaseMetrics.PoolStats>
+  /** Per-statement statistics, by fingerprint, the most time-consuming first. */
+  readonly statements: Effect.Effect<ReadonlyArray<StatementStats.Entry>>
   /** What `withTransaction` did since the layer was built (counters, read them, do not write them). */
   readonly transactions: TransactionCounters
 }
@@ -632,6 +637,7 @@ export const make = Effect.fnUntraced(function* (
   yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
 
   const recorder = new DatabaseMetrics.Recorder()
+  const statements = new StatementStats.Table(options.statementStatsSize ?? 500)
   const stack = yield* Stack.make({
     pool,
     maxConnections,
@@ -642,6 +648,7 @@ export const make = Effect.fnUntraced(function* (
     breaker,
     key,
     recorder,
+    statements,
     idempotency: (fiber) => fiber.getRef(Idempotency)
   })
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
@@ -836,6 +843,7 @@ export const make = Effect.fnUntraced(function* (
       breakerState: breaker.state(key),
       transitions: breaker.transitions,
       pool: Effect.sync(pool_),
+      statements: Effect.sync(() => statements.snapshot()),
       transactions
     }
   }

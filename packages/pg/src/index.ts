@@ -3,3 +3,4 @@
  */
 export * as PgFailure from "./PgFailure.ts"
 export * as ResilientPg from "./ResilientPg.ts"
+export * as StatementStats from "./StatementStats.ts"

@@ -18,6 +18,7 @@ import { Cause, Clock, Duration, Effect, Exit, type Fiber, Predicate, Schedule, 
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
+import type * as StatementStats from "../StatementStats.ts"
 import { isReadOnly } from "./readOnly.ts"
 
 /** What the stack needs of a pool: `PgPool`, or a fake one in benchmarks. */
@@ -38,6 +39,7 @@ export interface Options {
   readonly breaker: Breaker.Service
   readonly key: string
   readonly recorder: DatabaseMetrics.Recorder
+  readonly statements: StatementStats.Table
   /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
   readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
 }
@@ -174,6 +176,12 @@ const rollbackStatement = /^\s*ROLLBACK\b/i
 
 const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
 const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
+
+/** The name a failure is reported under in the statement table: its reason when it has one. */
+const reasonOf = (error: unknown): string => {
+  const tagged = error as { readonly _tag?: string; readonly reason?: { readonly _tag?: string } }
+  return tagged?.reason?._tag ?? tagged?._tag ?? "Unknown"
+}
 
 /** Builds an error without capturing a stack: for errors a caller meets by the thousand (rejections). */
 const stackless = <A>(make: () => A): A => {
@@ -546,13 +554,19 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   ): Effect.Effect<never, E | SqlError> => {
     if (counted) {
       recorder.failed++
-      recorder.latency.record(performance.now() - call.started)
+      const millis = performance.now() - call.started
+      recorder.latency.record(millis)
+      options.statements.record(call.sql, millis, reasonOf(error))
     }
     return PgFailure.isPolicyFailure(error) ? surface(operation, call, error) : Effect.fail(error as E)
   }
 
   const succeed = <A>(operation: string, call: Call, counted: boolean, value: A): Effect.Effect<A> => {
-    if (counted) recorder.latency.record(performance.now() - call.started)
+    if (counted) {
+      const millis = performance.now() - call.started
+      recorder.latency.record(millis)
+      options.statements.record(call.sql, millis, undefined)
+    }
     return call.attempts > 1 ? Effect.as(recovered(operation, call), value) : Effect.succeed(value)
   }
 
@@ -600,7 +614,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
               settle(call)
               recorder.consecutiveFailures = 0
               local.record(key, generation, "Success")
-              recorder.latency.record(performance.now() - call.started)
+              const millis = performance.now() - call.started
+              recorder.latency.record(millis)
+              options.statements.record(call.sql, millis, undefined)
               return Effect.succeed(value)
             },
             onFailure: (cause) => {

@@ -1,0 +1,162 @@
+/**
+ * Per-statement statistics: calls, errors, mean and p95 latency and the last
+ * error, keyed by a normalized fingerprint of the SQL, in a table that keeps
+ * the most recently used `maxEntries` fingerprints.
+ *
+ * **Details**
+ *
+ * The fingerprint removes what varies between calls of one statement:
+ * literals become `?`, `$1`-style parameters become `?`, lists of them become
+ * `(?, ...)`, comments go, whitespace collapses. `@effect/sql` already sends
+ * parameters apart from the text, so most statements map to one fingerprint
+ * without any rewriting; the fingerprint of a text is computed once and
+ * cached.
+ *
+ * **Gotchas**
+ *
+ * The table holds fingerprints, never parameters. A statement built by
+ * pasting values into its text (`sql.unsafe`) is still fingerprinted without
+ * them. Only statements outside transactions are recorded (they are the ones
+ * that go through the policies one by one).
+ *
+ * @since 0.1.0
+ */
+import { DatabaseMetrics } from "@sturdy/resilience"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Entry {
+  readonly fingerprint: string
+  readonly calls: number
+  readonly errors: number
+  readonly meanMillis: number
+  readonly p95Millis: number
+  readonly maxMillis: number
+  /** The reason of the last failure (`ConnectionRefused`, `SqlSyntaxError`...), if any. */
+  readonly lastErrorReason: string | undefined
+}
+
+const comments = /--[^\n]*|\/\*[\s\S]*?\*\//g
+const literals = /'(?:[^']|'')*'|\$([A-Za-z_][A-Za-z0-9_]*)?\$[\s\S]*?\$\1\$|\b\d+(?:\.\d+)?\b|\$\d+/g
+const lists = /\(\s*\?(?:\s*,\s*\?)+\s*\)/g
+const maxFingerprintLength = 300
+
+/**
+ * The normalized form of a statement: literals and parameters removed.
+ *
+ * **Example** (Two calls, one fingerprint)
+ *
+ * ```ts
+ * import { StatementStats } from "@sturdy/pg"
+ *
+ * StatementStats.fingerprint("SELECT * FROM notes WHERE id = $1 AND tag IN ('a', 'b')")
+ * // => "SELECT * FROM notes WHERE id = ? AND tag IN (?, ...)"
+ * ```
+ *
+ * @since 0.1.0
+ * @category fingerprints
+ */
+export const fingerprint = (sql: string): string => {
+  const normalized = sql
+    .replace(comments, " ")
+    .replace(literals, "?")
+    .replace(lists, "(?, ...)")
+    .replace(/\s+/g, " ")
+    .trim()
+  return normalized.length > maxFingerprintLength ? `${normalized.slice(0, maxFingerprintLength)}...` : normalized
+}
+
+class Stat {
+  readonly fingerprint: string
+  calls = 0
+  errors = 0
+  sum = 0
+  lastErrorReason: string | undefined = undefined
+  touched = 0
+  readonly latency = new DatabaseMetrics.LatencyHistogram()
+  constructor(fingerprint: string) {
+    this.fingerprint = fingerprint
+  }
+}
+
+/**
+ * The bounded table. `record` is called on the client's hot path: a cached
+ * fingerprint lookup, a few field updates, and a move to the recent end only
+ * once in a while (the order is approximately least recently used).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class Table {
+  readonly maxEntries: number
+  private readonly entries = new Map<string, Stat>()
+  private readonly fingerprints = new Map<string, string>()
+  private tick = 0
+
+  constructor(maxEntries: number) {
+    if (!Number.isInteger(maxEntries) || maxEntries < 0) {
+      throw new RangeError(`StatementStats.Table: maxEntries must be an integer >= 0, got ${maxEntries}`)
+    }
+    this.maxEntries = maxEntries
+  }
+
+  record(sql: string | undefined, millis: number, errorReason: string | undefined): void {
+    if (sql === undefined || this.maxEntries === 0) return
+    let key = this.fingerprints.get(sql)
+    if (key === undefined) {
+      key = fingerprint(sql)
+      if (this.fingerprints.size >= this.maxEntries * 4) this.fingerprints.clear()
+      this.fingerprints.set(sql, key)
+    }
+    const tick = ++this.tick
+    let stat = this.entries.get(key)
+    if (stat === undefined) {
+      stat = new Stat(key)
+      this.entries.set(key, stat)
+      if (this.entries.size > this.maxEntries) {
+        // Maps iterate in insertion order: the first key is the least recently moved.
+        this.entries.delete(this.entries.keys().next().value!)
+      }
+    } else if (tick - stat.touched > this.maxEntries / 4) {
+      this.entries.delete(key)
+      this.entries.set(key, stat)
+    } else {
+      stat.calls++
+      this.update(stat, millis, errorReason)
+      return
+    }
+    stat.touched = tick
+    stat.calls++
+    this.update(stat, millis, errorReason)
+  }
+
+  private update(stat: Stat, millis: number, errorReason: string | undefined) {
+    stat.sum += millis
+    stat.latency.record(millis)
+    if (errorReason !== undefined) {
+      stat.errors++
+      stat.lastErrorReason = errorReason
+    }
+  }
+
+  /** Every entry, the most time-consuming first. */
+  snapshot(): ReadonlyArray<Entry> {
+    return [...this.entries.values()]
+      .map((stat) => ({
+        fingerprint: stat.fingerprint,
+        calls: stat.calls,
+        errors: stat.errors,
+        meanMillis: stat.calls === 0 ? 0 : stat.sum / stat.calls,
+        p95Millis: stat.latency.quantile(0.95),
+        maxMillis: stat.latency.max,
+        lastErrorReason: stat.lastErrorReason
+      }))
+      .sort((a, b) => b.meanMillis * b.calls - a.meanMillis * a.calls)
+  }
+
+  get size(): number {
+    return this.entries.size
+  }
+}

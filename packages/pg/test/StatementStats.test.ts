@@ -1,0 +1,98 @@
+import { assert, describe, it, layer } from "@effect/vitest"
+import { ResilientPg, StatementStats } from "@sturdy/pg"
+import { PgServer } from "@sturdy/testing"
+import { Effect } from "effect"
+import { SqlClient } from "effect/sql"
+import { fast, resilient } from "./helpers.ts"
+
+describe("StatementStats.fingerprint", () => {
+  it("removes literals, parameters, lists and comments", () => {
+    assert.strictEqual(
+      StatementStats.fingerprint("SELECT * FROM notes -- by id\n WHERE id = $1 AND tag IN ('a', 'b''c', 3) /* x */"),
+      "SELECT * FROM notes WHERE id = ? AND tag IN (?, ...)"
+    )
+    assert.strictEqual(
+      StatementStats.fingerprint("SELECT $tag$it's$tag$, 1.5, t1.col2 FROM t1"),
+      "SELECT ?, ?, t1.col2 FROM t1"
+    )
+    assert.strictEqual(
+      StatementStats.fingerprint("INSERT INTO t (a, b) VALUES ('secret-value', 42)"),
+      "INSERT INTO t (a, b) VALUES (?, ...)"
+    )
+  })
+
+  it("bounds the length of a fingerprint", () => {
+    const long = `SELECT ${Array.from({ length: 200 }, (_, i) => `c${i}`).join(", ")} FROM t`
+    const result = StatementStats.fingerprint(long)
+    assert.strictEqual(result.length, 303)
+    assert.isTrue(result.endsWith("..."))
+  })
+})
+
+describe("StatementStats.Table", () => {
+  it("counts calls, errors, mean, p95 and the last error reason per fingerprint", () => {
+    const table = new StatementStats.Table(10)
+    for (let i = 1; i <= 20; i++) table.record(`SELECT ${i}`, i, undefined)
+    table.record("SELECT 99", 100, "ConnectionRefused")
+    table.record("SELEC 1", 1, "SqlSyntaxError")
+    const [select, syntax] = table.snapshot()
+    assert.strictEqual(select.fingerprint, "SELECT ?")
+    assert.strictEqual(select.calls, 21)
+    assert.strictEqual(select.errors, 1)
+    assert.strictEqual(select.lastErrorReason, "ConnectionRefused")
+    assert.closeTo(select.meanMillis, (210 + 100) / 21, 1e-9)
+    assert.isAtLeast(select.p95Millis, 19)
+    assert.isAtMost(select.p95Millis, 21)
+    assert.strictEqual(select.maxMillis, 100)
+    assert.deepStrictEqual(
+      { fingerprint: syntax.fingerprint, calls: syntax.calls, errors: syntax.errors, reason: syntax.lastErrorReason },
+      { fingerprint: "SELEC ?", calls: 1, errors: 1, reason: "SqlSyntaxError" }
+    )
+  })
+
+  it("keeps at most maxEntries fingerprints, evicting the least recently used", () => {
+    const table = new StatementStats.Table(8)
+    for (let i = 0; i < 8; i++) table.record(`SELECT * FROM t${String.fromCharCode(97 + i)}`, 1, undefined)
+    // Keep the first one hot, then add 7 new statements: the hot one survives, the other old ones go.
+    for (let round = 0; round < 7; round++) {
+      table.record("SELECT * FROM ta", 1, undefined)
+      table.record(`SELECT * FROM u${String.fromCharCode(97 + round)}`, 1, undefined)
+    }
+    assert.strictEqual(table.size, 8)
+    const names = table.snapshot().map((entry) => entry.fingerprint)
+    assert.include(names, "SELECT * FROM ta")
+    assert.notInclude(names, "SELECT * FROM tb")
+    assert.include(names, "SELECT * FROM ug")
+  })
+
+  it("records nothing with maxEntries 0 and rejects a bad size", () => {
+    const table = new StatementStats.Table(0)
+    table.record("SELECT 1", 1, undefined)
+    assert.strictEqual(table.size, 0)
+    assert.throws(() => new StatementStats.Table(-1), /maxEntries must be an integer >= 0, got -1/)
+  })
+})
+
+describe("per-statement statistics of a ResilientPg client", () => {
+  layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    it.effect("fingerprints real statements, without their parameters", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        const { layer } = resilient(server, { ...fast, statementStatsSize: 50 })
+        const entries = yield* Effect.gen(function* () {
+          const sql = yield* SqlClient.SqlClient
+          for (const id of [1, 2, 3]) yield* sql`SELECT ${id}::int AS id, ${"private-value"}::text AS v`
+          yield* Effect.exit(sql`SELEC 1`)
+          return yield* (yield* ResilientPg.ResilientPg).statements
+        }).pipe(Effect.provide(layer))
+        const select = entries.find((entry) => entry.fingerprint === "SELECT ?::int AS id, ?::text AS v")
+        assert.isDefined(select, JSON.stringify(entries))
+        assert.strictEqual(select!.calls, 3)
+        assert.strictEqual(select!.errors, 0)
+        const failed = entries.find((entry) => entry.fingerprint === "SELEC ?")
+        assert.deepStrictEqual([failed?.calls, failed?.errors, failed?.lastErrorReason], [1, 1, "SqlSyntaxError"])
+        assert.notInclude(JSON.stringify(entries), "private-value")
+      })
+    )
+  })
+})
