@@ -903,6 +903,37 @@ const databaseUrl = Config.schema(
   "DATABASE_URL"
 )
 
+const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<Options> =>
+  Config.all({
+    url,
+    profile: Profile.config,
+    maxConnections: Config.option(
+      Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")
+    ),
+    sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
+    healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP")),
+    whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN"))
+  }).pipe(
+    Config.map(
+      ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
+        url,
+        profile: profile.name,
+        retriesAfterFirst: profile.retriesAfterFirst,
+        backoffBase: profile.backoffBase,
+        backoffJitter: profile.backoffJitter,
+        attemptTimeout: profile.attemptTimeout,
+        healthCheckInterval: profile.healthCheckInterval,
+        healthCheckTimeout: profile.healthCheckTimeout,
+        breakerFailures: profile.breakerFailures,
+        breakerOpenDuration: profile.breakerOpenDuration,
+        maxConnections: Option.getOrUndefined(maxConnections),
+        sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
+        healthOnStartup: Option.getOrUndefined(healthOnStartup),
+        whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen)
+      })
+    )
+  )
+
 /**
  * The options `layerConfig` reads from the environment.
  *
@@ -919,37 +950,12 @@ const databaseUrl = Config.schema(
  * @since 0.1.0
  * @category config
  */
-export const config: Config.Config<Options> = Config.all({
-  url: databaseUrl,
-  profile: Profile.config,
-  maxConnections: Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")),
-  sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
-  healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP")),
-  whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN"))
-}).pipe(
-  Config.map(
-    ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
-      url,
-      profile: profile.name,
-      retriesAfterFirst: profile.retriesAfterFirst,
-      backoffBase: profile.backoffBase,
-      backoffJitter: profile.backoffJitter,
-      attemptTimeout: profile.attemptTimeout,
-      healthCheckInterval: profile.healthCheckInterval,
-      healthCheckTimeout: profile.healthCheckTimeout,
-      breakerFailures: profile.breakerFailures,
-      breakerOpenDuration: profile.breakerOpenDuration,
-      maxConnections: Option.getOrUndefined(maxConnections),
-      sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
-      healthOnStartup: Option.getOrUndefined(healthOnStartup),
-      whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen)
-    })
-  )
-)
+export const config: Config.Config<Options> = settings(databaseUrl)
 
 /**
  * The resilient client configured from the environment (see `config`).
- * `options` given in code win over the environment.
+ * `options` given in code win over the environment; with `options.url`,
+ * `DATABASE_URL` is not read.
  *
  * @since 0.1.0
  * @category layers
@@ -957,7 +963,11 @@ export const config: Config.Config<Options> = Config.all({
 export const layerConfig = (
   options?: Options
 ): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Config.ConfigError> =>
-  Layer.unwrap(Effect.map(config, (fromEnv) => layer(dropUndefined({ ...fromEnv, ...dropUndefined(options ?? {}) }))))
+  Layer.unwrap(
+    Effect.map(options?.url === undefined ? config : settings(Config.succeed(options.url)), (fromEnv) =>
+      layer(dropUndefined({ ...fromEnv, ...dropUndefined(options ?? {}) }))
+    )
+  )
 
 const dropUndefined = <A extends object>(options: A): A =>
   Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as A

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { ResilientPg } from "@sturdy/pg"
-import { Cause, ConfigProvider, Duration, Effect, Exit, Redacted } from "effect"
+import { Cause, ConfigProvider, Duration, Effect, Exit, Layer, Redacted } from "effect"
 
 const secret = "hunter2-Secret-Password"
 const validUrl = `postgres://app:${secret}@db.internal:5432/app`
@@ -76,6 +76,23 @@ describe("ResilientPg.config", () => {
   it.effect("a missing DATABASE_URL names the key", () =>
     Effect.gen(function* () {
       assert.include(configErrorMessage(yield* load({})), "DATABASE_URL")
+    })
+  )
+
+  it.effect("layerConfig with a url in code does not need DATABASE_URL and still reads the STURDY_* variables", () =>
+    Effect.gen(function* () {
+      const url = Redacted.make(`postgres://app:${secret}@127.0.0.1:1/app`)
+      const withEnv = (env: Record<string, string>) =>
+        Layer.provide(ResilientPg.layerConfig({ url }), ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
+      const max = yield* Effect.flatMap(ResilientPg.ResilientPg, (pg) => pg.pool).pipe(
+        Effect.provide(withEnv({ STURDY_POOL_SIZE: "3", STURDY_HEALTH_CHECK_TIMEOUT: "200 millis" })),
+        Effect.map((pool) => pool.max)
+      )
+      assert.strictEqual(max, 3)
+      const message = configErrorMessage(
+        yield* Effect.exit(Effect.provide(Effect.void, withEnv({ STURDY_POOL_SIZE: "0" })))
+      )
+      assert.include(message, "STURDY_POOL_SIZE")
     })
   )
 
