@@ -468,6 +468,10 @@ const validateOptions = (options: Options): Profile.Profile => {
       `${fn}: whenCircuitOpen must be "fail-fast" or "wait-and-retry", got ${JSON.stringify(whenCircuitOpen)}`
     )
   }
+  const statementStatsSize = options.statementStatsSize ?? 500
+  if (!Number.isInteger(statementStatsSize) || statementStatsSize < 0) {
+    throw new RangeError(`${fn}: statementStatsSize must be an integer >= 0, got ${statementStatsSize}`)
+  }
   return Profile.override(Profile.byName(profileName), options, fn)
 }
 

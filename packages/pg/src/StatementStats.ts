@@ -17,7 +17,10 @@
  * The table holds fingerprints, never parameters. A statement built by
  * pasting values into its text (`sql.unsafe`) is still fingerprinted without
  * them. Only statements outside transactions are recorded (they are the ones
- * that go through the policies one by one).
+ * that go through the policies one by one). A call that failed before any
+ * connection ran it (the breaker rejected it, no connection could be opened)
+ * has no text yet: it counts in the client's totals (`failedQueries`), not
+ * in this table.
  *
  * @since 0.1.0
  */
@@ -34,7 +37,7 @@ export interface Entry {
   readonly meanMillis: number
   readonly p95Millis: number
   readonly maxMillis: number
-  /** The reason of the last failure (`ConnectionRefused`, `SqlSyntaxError`...), if any. */
+  /** The reason of the last failure (`ConnectionReset`, `StatementTimeout`, `SqlSyntaxError`...), if any. */
   readonly lastErrorReason: string | undefined
 }
 

@@ -108,6 +108,10 @@ describe("ResilientPg.config", () => {
         "ResilientPg.make: retriesAfterFirst must be an integer >= 0, got -1"
       )
       assert.strictEqual(
+        yield* messageOf({ statementStatsSize: 1.5 }),
+        "ResilientPg.make: statementStatsSize must be an integer >= 0, got 1.5"
+      )
+      assert.strictEqual(
         yield* messageOf({ attemptTimeout: "0 millis" }),
         "ResilientPg.make: attemptTimeout must be a positive finite duration, got 0"
       )
