@@ -1,6 +1,7 @@
 # Brings what Sturdy needs when the machine lacks it: Node.js >= 22.19 and the
 # pinned pnpm, both from the npm registry (a machine with Node 20 and npm is
-# enough). Source it, so the PATH it sets stays in your shell:
+# enough), and Debian's chromium for the dashboard's browser test (apt-get, as
+# root or through sudo). Source it, so the PATH it sets stays in your shell:
 #
 #   source scripts/bootstrap.sh
 #
@@ -40,7 +41,18 @@ sturdy_bootstrap() {
     npm install --prefix "$tools/pnpm-$pnpm_version" --no-audit --no-fund --loglevel=error "pnpm@$pnpm_version" >&2 || return 1
     export PATH="$tools/pnpm-$pnpm_version/node_modules/.bin:$PATH"
   fi
-  echo "bootstrap: node $(node --version), pnpm $(pnpm --version)" >&2
+  if ! command -v chromium >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
+      echo "bootstrap: installing chromium (apt-get) for the dashboard's browser test" >&2
+      $sudo apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >&2 || return 1
+    else
+      echo "bootstrap: chromium is missing and cannot be installed here (needs apt-get as root or sudo); the dashboard test will fail" >&2
+    fi
+  fi
+  echo "bootstrap: node $(node --version), pnpm $(pnpm --version), $(chromium --version 2>/dev/null || echo 'no chromium')" >&2
 }
 
 sturdy_bootstrap

@@ -1,0 +1,383 @@
+/**
+ * Admin HTTP routes for any `effect/http` server: liveness, readiness,
+ * Prometheus metrics, a JSON snapshot of the database client, and a live
+ * dashboard.
+ *
+ * | route | auth | answers |
+ * |---|---|---|
+ * | `GET /health/live` | none | `200 {"status":"live"}` while the process serves requests |
+ * | `GET /health/ready` | none | `200 {"status":"ready"}`, or `503 {"status":"not ready"}` while the last health check failed or the breaker is open |
+ * | `GET /metrics` | bearer | Prometheus text of every `effect/Metric` (the `sturdy_*` series among them) |
+ * | `GET /api/admin/database/metrics` | bearer | the `Snapshot` below, as JSON |
+ * | `GET /admin/database` | see below | the dashboard page |
+ *
+ * **Details**
+ *
+ * The admin routes require `Authorization: Bearer <token>`, compared in
+ * constant time with the configured token. Without a configured token they
+ * are not mounted at all (404): off, never open. Liveness and readiness
+ * reveal status only, so a load balancer can call them without a token.
+ *
+ * The dashboard page and its script and stylesheet are static files served
+ * from this package (no CDN) and hold no data: the page reads the token from
+ * its URL fragment (`/admin/database#token=...`, which browsers never send to
+ * the server) or asks for it, and polls the JSON route with the bearer header
+ * every second. They are served only when a token is configured.
+ *
+ * Breaker transitions and health results are kept, with the time they were
+ * observed, in ring buffers of `historySize` entries from the moment the
+ * layer is built.
+ *
+ * **Example** (Mounting the routes)
+ *
+ * ```ts
+ * import { Admin } from "@sturdy/admin"
+ * import { ResilientPg } from "@sturdy/pg"
+ * import { Layer } from "effect"
+ * import { HttpRouter } from "effect/http"
+ *
+ * const routes = Admin.layerConfig().pipe(Layer.provide(ResilientPg.layerConfig()))
+ * const app = HttpRouter.serve(routes) // then provide a server, e.g. NodeHttpServer.layer
+ * ```
+ *
+ * @since 0.1.0
+ */
+import type { StatementStats } from "@sturdy/pg"
+import { ResilientPg } from "@sturdy/pg"
+import { type Breaker, DatabaseMetrics, HealthMonitor } from "@sturdy/resilience"
+import { Clock, Config, Duration, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
+import { HttpRouter, type HttpServerRequest, HttpServerResponse } from "effect/http"
+import { PrometheusMetrics } from "effect/observability"
+import { createHash, timingSafeEqual } from "node:crypto"
+import { readFileSync } from "node:fs"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /**
+   * The bearer token of the admin routes; at least 16 characters. Without
+   * one, the admin routes are off (404) and only liveness and readiness are
+   * served.
+   */
+  readonly token: Redacted.Redacted<string> | undefined
+  /** Breaker transitions and health results kept for the snapshot. Default 100. */
+  readonly historySize?: number | undefined
+  /** Statement fingerprints in the snapshot, the most time-consuming first. Default 50. */
+  readonly statementsInSnapshot?: number | undefined
+}
+
+/**
+ * A breaker transition, with the time this process observed it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TransitionEntry {
+  readonly at: string
+  readonly from: "closed" | "open" | "half-open"
+  readonly to: "closed" | "open" | "half-open"
+  /** On an opening: how long until the breaker lets a probe through. */
+  readonly retryAfterMillis?: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface HealthEntry {
+  readonly at: string
+  readonly status: "healthy" | "unhealthy"
+  readonly responseTimeMillis?: number
+  readonly error?: string
+}
+
+/**
+ * What `GET /api/admin/database/metrics` answers. It names the database by
+ * `host:port/database`, never by its connection string.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Snapshot {
+  readonly generatedAt: string
+  readonly startedAt: string
+  readonly database: string
+  readonly profile: string
+  readonly ready: boolean
+  readonly metrics: Omit<DatabaseMetrics.Snapshot, "lastHealthCheck" | "pool">
+  readonly pool: DatabaseMetrics.PoolStats
+  readonly breaker: {
+    readonly state: "closed" | "open" | "half-open"
+    readonly retryAfterMillis?: number
+    readonly consecutiveOpenings?: number
+    readonly transitions: ReadonlyArray<TransitionEntry>
+  }
+  readonly health: {
+    readonly last: HealthEntry | undefined
+    readonly history: ReadonlyArray<HealthEntry>
+  }
+  readonly statements: ReadonlyArray<StatementStats.Entry>
+  readonly transactions: ResilientPg.TransactionCounters
+}
+
+/**
+ * The token is shorter than 16 characters or the options are out of range.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidAdminOptions extends Schema.TaggedError<InvalidAdminOptions>()("InvalidAdminOptions", {
+  message: Schema.String
+}) {}
+
+const stateName = (tag: Breaker.State["_tag"]): "closed" | "open" | "half-open" =>
+  tag === "Closed" ? "closed" : tag === "Open" ? "open" : "half-open"
+
+class Ring<A> {
+  private readonly items: Array<A> = []
+  private readonly size: number
+  constructor(size: number) {
+    this.size = size
+  }
+  push(item: A) {
+    this.items.push(item)
+    if (this.items.length > this.size) this.items.shift()
+  }
+  get all(): ReadonlyArray<A> {
+    return this.items.slice()
+  }
+}
+
+const healthEntry = (result: HealthMonitor.HealthCheckResult): HealthEntry => ({
+  at: result.timestamp.toISOString(),
+  status: result.status,
+  ...(result.responseTime === undefined ? {} : { responseTimeMillis: result.responseTime }),
+  ...(result.error === undefined ? {} : { error: result.error })
+})
+
+/**
+ * Collects the history the snapshot reports and builds the snapshot.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeSnapshot = Effect.fnUntraced(function* (options?: {
+  readonly historySize?: number | undefined
+  readonly statementsInSnapshot?: number | undefined
+}) {
+  const historySize = options?.historySize ?? 100
+  const statementsInSnapshot = options?.statementsInSnapshot ?? 50
+  for (const [name, value] of [
+    ["historySize", historySize],
+    ["statementsInSnapshot", statementsInSnapshot]
+  ] as const) {
+    if (!Number.isInteger(value) || value < 1) {
+      return yield* new InvalidAdminOptions({ message: `Admin: ${name} must be an integer >= 1, got ${value}` })
+    }
+  }
+  const pg = yield* ResilientPg.ResilientPg
+  const health = yield* HealthMonitor.HealthMonitor
+  const metrics = yield* DatabaseMetrics.DatabaseMetrics
+  const startedAt = new Date(yield* Clock.currentTimeMillis).toISOString()
+  const transitions = new Ring<TransitionEntry>(historySize)
+  const healthHistory = new Ring<HealthEntry>(historySize)
+  yield* Effect.forkScoped(
+    Stream.runForEach(pg.transitions, (transition) =>
+      Effect.map(Clock.currentTimeMillis, (now) =>
+        transitions.push({
+          at: new Date(now).toISOString(),
+          from: stateName(transition.from),
+          to: stateName(transition.to),
+          ...(transition.to === "Open" ? { retryAfterMillis: Duration.toMillis(transition.retryAfter) } : {})
+        })
+      )
+    ),
+    { startImmediately: true }
+  )
+  yield* Effect.forkScoped(
+    Stream.runForEach(health.changes, (result) => Effect.sync(() => healthHistory.push(healthEntry(result)))),
+    { startImmediately: true }
+  )
+
+  const ready = Effect.zipWith(
+    health.lastHealthCheck,
+    pg.breakerState,
+    (last, state) => last.status === "healthy" && state._tag !== "Open"
+  )
+
+  const snapshot: Effect.Effect<Snapshot> = Effect.gen(function* () {
+    const { lastHealthCheck, pool, ...rest } = yield* metrics.snapshot
+    const state = yield* pg.breakerState
+    const statements = yield* pg.statements
+    const now = yield* Clock.currentTimeMillis
+    return {
+      generatedAt: new Date(now).toISOString(),
+      startedAt,
+      database: pg.key,
+      profile: pg.profile.name,
+      ready: lastHealthCheck?.status === "healthy" && state._tag !== "Open",
+      metrics: rest,
+      pool,
+      breaker: {
+        state: stateName(state._tag),
+        ...(state._tag === "Open"
+          ? {
+              retryAfterMillis: Duration.toMillis(state.retryAfter),
+              consecutiveOpenings: state.consecutiveOpenings
+            }
+          : {}),
+        transitions: transitions.all
+      },
+      health: {
+        last: lastHealthCheck === undefined ? undefined : healthEntry(lastHealthCheck),
+        history: healthHistory.all
+      },
+      statements: statements.slice(0, statementsInSnapshot),
+      transactions: { ...pg.transactions }
+    }
+  })
+  return { snapshot, ready } as const
+})
+
+const asset = (name: string) => readFileSync(new URL(`./internal/dashboard/${name}`, import.meta.url), "utf8")
+const dashboard = { html: asset("index.html"), js: asset("app.js"), css: asset("app.css") }
+
+const noStore = { "cache-control": "no-store", "x-content-type-options": "nosniff" }
+const pageHeaders = {
+  ...noStore,
+  "content-security-policy":
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  "referrer-policy": "no-referrer",
+  "x-content-type-options": "nosniff"
+}
+
+const digest = (value: string) => createHash("sha256").update(value).digest()
+
+/** Compares the request's bearer token with the expected digest in constant time. */
+const bearerMatches = (request: HttpServerRequest.HttpServerRequest, expected: Buffer): boolean => {
+  const header = request.headers.authorization
+  const match = typeof header === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null
+  // Hash even a missing token, so every request costs the same.
+  return timingSafeEqual(digest(match?.[1] ?? ""), expected) && match !== null
+}
+
+const unauthorized = HttpServerResponse.jsonUnsafe(
+  { error: "unauthorized" },
+  { status: 401, headers: { ...noStore, "www-authenticate": 'Bearer realm="sturdy-admin"' } }
+)
+
+/**
+ * The routes, added to the `HttpRouter` of the layer's context.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options
+): Layer.Layer<
+  never,
+  InvalidAdminOptions,
+  HttpRouter.HttpRouter | ResilientPg.ResilientPg | HealthMonitor.HealthMonitor | DatabaseMetrics.DatabaseMetrics
+> =>
+  HttpRouter.use(
+    Effect.fnUntraced(function* (router) {
+      const token = options.token === undefined ? undefined : Redacted.value(options.token)
+      if (token !== undefined && token.length < 16) {
+        return yield* new InvalidAdminOptions({
+          message: `Admin: the token must have at least 16 characters, got ${token.length}`
+        })
+      }
+      const { snapshot, ready } = yield* makeSnapshot(options)
+
+      yield* router.add("GET", "/health/live", HttpServerResponse.jsonUnsafe({ status: "live" }, { headers: noStore }))
+      yield* router.add(
+        "GET",
+        "/health/ready",
+        Effect.map(ready, (isReady) =>
+          HttpServerResponse.jsonUnsafe(
+            { status: isReady ? "ready" : "not ready" },
+            { status: isReady ? 200 : 503, headers: noStore }
+          )
+        )
+      )
+      if (token === undefined) {
+        yield* Effect.logInfo("Admin routes are off: no token is configured (STURDY_ADMIN_TOKEN)").pipe(
+          Effect.annotateLogs({ "sturdy.event": "admin" })
+        )
+        return
+      }
+      const expected = digest(token)
+      const guarded =
+        <E, R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
+        (request: HttpServerRequest.HttpServerRequest) =>
+          bearerMatches(request, expected) ? handler : Effect.succeed(unauthorized)
+
+      yield* router.add(
+        "GET",
+        "/metrics",
+        guarded(
+          Effect.map(PrometheusMetrics.format(), (body) =>
+            HttpServerResponse.text(body, { contentType: "text/plain; version=0.0.4; charset=utf-8", headers: noStore })
+          )
+        )
+      )
+      yield* router.add(
+        "GET",
+        "/api/admin/database/metrics",
+        guarded(Effect.map(snapshot, (body) => HttpServerResponse.jsonUnsafe(body, { headers: noStore })))
+      )
+      yield* router.add("GET", "/admin/database", HttpServerResponse.html(dashboard.html).pipe(withHeaders))
+      yield* router.add(
+        "GET",
+        "/admin/database/app.js",
+        HttpServerResponse.text(dashboard.js, { contentType: "text/javascript; charset=utf-8", headers: pageHeaders })
+      )
+      yield* router.add(
+        "GET",
+        "/admin/database/app.css",
+        HttpServerResponse.text(dashboard.css, { contentType: "text/css; charset=utf-8", headers: pageHeaders })
+      )
+      yield* Effect.logInfo("Admin routes mounted").pipe(
+        Effect.annotateLogs({
+          "sturdy.event": "admin",
+          "sturdy.routes": "/metrics /api/admin/database/metrics /admin/database"
+        })
+      )
+    })
+  )
+
+const withHeaders = HttpServerResponse.setHeaders(pageHeaders)
+
+/**
+ * `STURDY_ADMIN_TOKEN`: the admin routes' bearer token (optional; without
+ * it the admin routes are off).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.map(
+  Config.option(Config.Redacted("STURDY_ADMIN_TOKEN")),
+  (token): Options => ({ token: Option.getOrUndefined(token) })
+)
+
+/**
+ * The routes configured from the environment (see `config`); `options`
+ * given in code win.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options?: Partial<Options>
+): Layer.Layer<
+  never,
+  InvalidAdminOptions | Config.ConfigError,
+  HttpRouter.HttpRouter | ResilientPg.ResilientPg | HealthMonitor.HealthMonitor | DatabaseMetrics.DatabaseMetrics
+> =>
+  Layer.unwrap(
+    Effect.map(config, (fromEnv) =>
+      layer({ ...fromEnv, ...Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined)) })
+    )
+  )
