@@ -11,7 +11,7 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { ResilientPg } from "@sturdy/pg"
 import { PgServer } from "@sturdy/testing"
-import { Config, Effect, Option, Redacted, Schema } from "effect"
+import { Cause, Config, Effect, Exit, Option, Redacted, Runtime, Schema } from "effect"
 import { HttpServer } from "effect/http"
 import { randomBytes } from "node:crypto"
 import * as App from "./App.ts"
@@ -68,4 +68,9 @@ const main = Effect.gen(function* () {
 // process.exit: that would cut in-flight requests off. runMain handles both signals by interrupting
 // `main`, whose scope drains the HTTP server, closes the pool, then stops the embedded server.
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.removeAllListeners(signal)
-NodeRuntime.runMain(Effect.scoped(main))
+// A stop asked for by a signal, once everything drained, is a success (exit 0), not runMain's 130:
+// `pnpm start` and process supervisors then report a clean stop.
+NodeRuntime.runMain(Effect.scoped(main), {
+  teardown: (exit, onExit) =>
+    Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause) ? onExit(0) : Runtime.defaultTeardown(exit, onExit)
+})
