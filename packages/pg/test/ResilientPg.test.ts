@@ -238,6 +238,34 @@ describe("ResilientPg against a real server", () => {
     )
 
     it.effect(
+      "(f) an attempt that times out and is cancelled by the server within the grace period leaves the client working",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          // No statement_timeout: the client's deadline fires first, its cancel request ends the statement
+          // at once, and the call settles while the watchdog still holds it for the grace period (75 ms).
+          const { layer } = resilient(server, {
+            ...fast,
+            attemptTimeout: "300 millis",
+            statementTimeout: "off",
+            retriesAfterFirst: 0
+          })
+          const results = yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const timedOut = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT pg_sleep(30)`))
+            // Past the grace period: the watchdog walks its lists again.
+            yield* Effect.sleep("400 millis")
+            const after = yield* sql<{ one: number }>`SELECT 1 AS one`
+            return { timedOut, after }
+          }).pipe(Effect.provide(layer))
+          const error = failureOf(results.timedOut) as PgFailure.TransientError
+          // The server confirms the cancel with 57014: not applied, hence StatementTimeout.
+          assert.include(["AttemptTimeout", "StatementTimeout"], error.reason._tag)
+          assert.deepStrictEqual(results.after, [{ one: 1 }])
+        })
+    )
+
+    it.effect(
       "(g) with the pool's only connection held, a statement fails with the typed timeout instead of hanging",
       () =>
         Effect.gen(function* () {

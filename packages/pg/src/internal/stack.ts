@@ -61,32 +61,38 @@ export class Call {
   resume: ((effect: Effect.Effect<void, Transient.AttemptTimeout>) => void) | undefined = undefined
   prev: Call | undefined = undefined
   next: Call | undefined = undefined
-  listed = false
+  /** The list the call is in: a call moves from the in-flight list to the cancelled one, never in both. */
+  list: InFlight | undefined = undefined
   constructor(started: number) {
     this.started = started
   }
 }
 
-/** A FIFO of calls in flight. Every attempt has the same timeout, so deadlines come in order. */
-class InFlight {
+/**
+ * A FIFO of calls, linked through the calls themselves. Every attempt has the
+ * same timeout (and every cancelled one the same grace), so deadlines come in
+ * order. `remove` ignores a call that is in another list (or none).
+ */
+export class InFlight {
   head: Call | undefined = undefined
   tail: Call | undefined = undefined
   add(call: Call): void {
+    if (call.list !== undefined) call.list.remove(call)
     call.prev = this.tail
     call.next = undefined
     if (this.tail === undefined) this.head = call
     else this.tail.next = call
     this.tail = call
-    call.listed = true
+    call.list = this
   }
   remove(call: Call): void {
-    if (!call.listed) return
+    if (call.list !== this) return
     if (call.prev === undefined) this.head = call.next
     else call.prev.next = call.next
     if (call.next === undefined) this.tail = call.prev
     else call.next.prev = call.prev
     call.prev = call.next = undefined
-    call.listed = false
+    call.list = undefined
   }
 }
 
