@@ -3,8 +3,8 @@
  *
  * On an embedded PostgreSQL unless DATABASE_URL is set. PORT (default 3000)
  * and HOST (default 127.0.0.1) choose where it listens. STURDY_ADMIN_TOKEN
- * sets the admin token; without one, this example makes a random token for
- * the run and prints the dashboard's address with it. SIGTERM or Ctrl-C
+ * sets the admin token (never printed); without one, this example makes a
+ * random token for the run and prints the dashboard's address with it. SIGTERM or Ctrl-C
  * stops accepting connections, lets in-flight requests finish, then closes
  * the pool (and the embedded server).
  */
@@ -44,10 +44,14 @@ const main = Effect.gen(function* () {
         `           curl -X POST ${base}/notes -H 'content-type: application/json' -d '{"title":"hello","body":"world"}'`,
         `           curl ${base}/notes`,
         `Health:    ${base}/health/live  ${base}/health/ready`,
-        `Dashboard: ${base}/admin/database#token=${Redacted.value(adminToken)}`,
-        generated
-          ? "           (a token made for this run; set STURDY_ADMIN_TOKEN to choose one)"
-          : "           (the token from STURDY_ADMIN_TOKEN)",
+        // A token made for this run is shown so the page can be opened; one the operator chose is theirs
+        // already and stays out of the output (and of any log collecting it).
+        ...(generated
+          ? [
+              `Dashboard: ${base}/admin/database#token=${Redacted.value(adminToken)}`,
+              "           (a token made for this run; set STURDY_ADMIN_TOKEN to choose one)"
+            ]
+          : [`Dashboard: ${base}/admin/database#token=<STURDY_ADMIN_TOKEN>`]),
         `Metrics:   curl -H "Authorization: Bearer $TOKEN" ${base}/metrics`,
         "Ctrl-C stops it gracefully.",
         ""

@@ -396,6 +396,9 @@ describe("the example server over HTTP", () => {
           // A drained stop is a clean exit (runMain alone would say 130, its code for an interrupted run).
           assert.strictEqual(yield* exited, 0, output)
           assert.include(output, "Stopped: requests drained, pool closed")
+          // The operator chose this token: the banner points at it without printing it.
+          assert.include(output, "#token=<STURDY_ADMIN_TOKEN>")
+          assert.notInclude(output, token)
           assert.strictEqual(yield* server.connectionCount("sturdy-example-server"), 0)
         }).pipe(Effect.scoped),
       { timeout: 60_000 }
