@@ -238,30 +238,44 @@ describe("ResilientPg against a real server", () => {
     )
 
     it.effect(
-      "(f) an attempt that times out and is cancelled by the server within the grace period leaves the client working",
+      "(f) an attempt cancelled by the server within its grace period settles, and the client keeps working (TestClock)",
       () =>
         Effect.gen(function* () {
           const server = yield* PgServer.PgServer
-          // No statement_timeout: the client's deadline fires first, its cancel request ends the statement
-          // at once, and the call settles while the watchdog still holds it for the grace period (75 ms).
-          const { layer } = resilient(server, {
+          // No statement_timeout: only the client's deadline ends the statement, through a cancel request.
+          const { applicationName, layer } = resilient(server, {
             ...fast,
             attemptTimeout: "300 millis",
             statementTimeout: "off",
             retriesAfterFirst: 0
           })
-          const results = yield* Effect.gen(function* () {
+          const outcome = yield* Effect.gen(function* () {
             const sql = yield* SqlClient.SqlClient
-            const timedOut = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT pg_sleep(30)`))
-            // Past the grace period: the watchdog walks its lists again.
-            yield* Effect.sleep("400 millis")
+            const timedOut = yield* Effect.forkChild(Effect.exit(ResilientPg.unwrapFailures(sql`SELECT pg_sleep(30)`)))
+            // The statement runs on the server, so its deadline will find it on a connection.
+            const running = yield* TestClock.withLive(
+              eventually(
+                Effect.map(server.activeQueries(applicationName), (queries) => queries.length === 1),
+                5000
+              )
+            )
+            assert.isBelow(running, Number.POSITIVE_INFINITY, "the statement never started")
+            // The deadline passes: the watchdog sends a cancel and holds the call for its grace period (75 ms).
+            yield* TestClock.adjust("320 millis")
+            // The server cancels at once and the call settles while the clock stands still: inside the grace
+            // period, the case that once left the watchdog looping forever on its next pass.
+            const exit = yield* Fiber.join(timedOut)
+            yield* TestClock.adjust("200 millis")
             const after = yield* sql<{ one: number }>`SELECT 1 AS one`
-            return { timedOut, after }
-          }).pipe(Effect.provide(layer))
-          const error = failureOf(results.timedOut) as PgFailure.TransientError
-          // The server confirms the cancel with 57014: not applied, hence StatementTimeout.
-          assert.include(["AttemptTimeout", "StatementTimeout"], error.reason._tag)
-          assert.deepStrictEqual(results.after, [{ one: 1 }])
+            return { exit, after }
+          }).pipe(Effect.provide(Layer.provideMerge(layer, TestClock.layer())))
+          const error = failureOf(outcome.exit) as PgFailure.TransientError
+          // The server answered the cancel with 57014, so the statement was not applied: StatementTimeout,
+          // retryable whatever the statement (an AttemptTimeout in the sent phase would be an unknown outcome).
+          assert.strictEqual(error._tag, "TransientError")
+          assert.strictEqual(error.reason._tag, "StatementTimeout")
+          assert.deepStrictEqual(outcome.after, [{ one: 1 }])
+          assert.deepStrictEqual(yield* server.activeQueries(applicationName), [])
         })
     )
 
