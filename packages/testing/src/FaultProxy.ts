@@ -338,6 +338,12 @@ export interface FaultProxyService {
   /** Open client connections right now, and accepted since start. */
   readonly connections: Effect.Effect<{ readonly open: number; readonly accepted: number }>
   /**
+   * Bytes received and not yet forwarded, per direction, over every open
+   * connection (held by `pause`, `Latency` or `Bandwidth`): for synchronising
+   * tests, for example to know a query reached the proxy while it is paused.
+   */
+  readonly held: Effect.Effect<{ readonly toServer: number; readonly toClient: number }>
+  /**
    * Waits until a client message matching a `ResetOnMessage` fault has been
    * handled (its client has been sent the RST) since the faults were last replaced, then
    * returns how many have been since: for synchronising tests.
@@ -507,6 +513,8 @@ interface Tracked {
   readonly kick: (faultsReplaced: boolean) => void
   /** Closes everything at once (the proxy's scope is closing). */
   readonly destroy: () => void
+  /** Bytes received in `direction` and not yet forwarded. */
+  readonly held: (direction: Direction) => number
 }
 
 /** An RST, or a plain close for a socket still connecting (an RST needs a connection). */
@@ -612,6 +620,7 @@ const withoutServer = (proxy: ProxyState, client: Net.Socket): Tracked => {
       return true
     },
     kick: () => {},
+    held: () => 0,
     destroy: () => {
       clearTimeout(resetTimer)
       client.destroy()
@@ -792,6 +801,11 @@ class ForwardedConnection implements Tracked {
       lane.cancelTimer()
       this.pump(lane)
     }
+  }
+
+  held(direction: Direction): number {
+    const lane = direction === "toServer" ? this.toServer : this.toClient
+    return lane.queuedBytes - lane.headOffset
   }
 
   destroy(): void {
@@ -1105,6 +1119,15 @@ export const make: (upstream: Upstream) => Effect.Effect<FaultProxyService, Faul
       pause: Effect.sync(() => proxy.setPaused(true)),
       resume: Effect.sync(() => proxy.setPaused(false)),
       connections: Effect.sync(() => ({ open: proxy.connections.size, accepted: proxy.accepted })),
+      held: Effect.sync(() => {
+        let toServer = 0
+        let toClient = 0
+        for (const connection of proxy.connections) {
+          toServer += connection.held("toServer")
+          toClient += connection.held("toClient")
+        }
+        return { toServer, toClient }
+      }),
       messageFaultsFired
     } satisfies FaultProxyService
   })

@@ -334,12 +334,17 @@ describe("FaultProxy, against a real server", () => {
         yield* sql`SELECT 1`
         yield* proxy.pause
         const query = yield* Effect.forkChild(sql<{ readonly one: number }>`SELECT 1 AS one`)
-        // A negative: give the query ample time to have been sent, then check nothing came of it.
-        yield* Effect.sleep("300 millis")
+        // The query has reached the proxy, which holds it: the server has not seen it and the caller waits.
+        yield* waitUntil(
+          Effect.map(proxy.held, (held) => held.toServer > 0),
+          "the query to reach the paused proxy"
+        )
         assert.isUndefined(query.pollUnsafe())
         assert.deepStrictEqual(yield* server.activeQueries(app), [])
+        assert.strictEqual((yield* proxy.held).toClient, 0)
         yield* proxy.resume
         assert.deepStrictEqual(yield* Fiber.join(query), [{ one: 1 }])
+        assert.deepStrictEqual(yield* proxy.held, { toServer: 0, toClient: 0 })
       })
     )
 
