@@ -252,7 +252,7 @@ const runOnce = (
             .sort((a, b) => a - b)
           const breaker = yield* breakerState
           const bar = "#".repeat(Math.round(Math.min(1, elapsed) * 24)).padEnd(24, ".")
-          const line = `[${bar}] ${String(Math.round(Math.min(1, elapsed) * 100)).padStart(3)}% run ${runIndex}/2 ${name.padEnd(6)} | ${current.padEnd(44)} | breaker ${breaker.padEnd(8)} | ok ${ok} failed ${failed} | p50 ${percentile(latencies, 0.5).toFixed(0)} ms p99 ${percentile(latencies, 0.99).toFixed(0)} ms`
+          const line = `[${bar}] ${String(Math.round(Math.min(1, elapsed) * 100)).padStart(3)}% run ${runIndex}/2 ${name.padEnd(6)} | ${current.padEnd(44)} | breaker ${breaker.padEnd(8)} | ok ${ok} failed ${failed} | last 500 calls p50 ${percentile(latencies, 0.5).toFixed(0)} ms p99 ${percentile(latencies, 0.99).toFixed(0)} ms`
           if (tty) yield* write(`\r${line.slice(0, (process.stdout.columns ?? 160) - 1)}`)
           else if (!args.json) yield* write(`${line}\n`)
         }),
