@@ -15,7 +15,7 @@
 import { NodeHttpServer } from "@effect/platform-node"
 import { Admin, Alerts } from "@sturdy/admin"
 import { PgFailure, ResilientPg } from "@sturdy/pg"
-import { Duration, Effect, Layer, type Redacted, Schema } from "effect"
+import { Context, Deferred, Duration, Effect, Layer, type Redacted, Schedule, Schema } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
@@ -59,7 +59,7 @@ const json = (body: unknown, status = 200, headers: Record<string, string> = {})
  * Turns the database's typed failures into HTTP answers: transient ones are
  * 503 with `Retry-After`, everything else is a 500 whose details go to the log.
  */
-const respond = <E, R>(
+const respondTo = <E, R>(
   handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, R> =>
   ResilientPg.unwrapFailures(handler).pipe(
@@ -84,9 +84,23 @@ const respond = <E, R>(
     })
   )
 
+/** Whether the schema is in place; the notes routes answer 503 until it is. */
+class SchemaReady extends Context.Service<SchemaReady, { readonly ready: Effect.Effect<boolean> }>()(
+  "@sturdy/example-server/SchemaReady"
+) {}
+
 const NotesRoutes = HttpRouter.use(
   Effect.fnUntraced(function* (router) {
     const sql = yield* SqlClient.SqlClient
+    const schema = yield* SchemaReady
+    const respond = <E, R>(
+      handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
+    ): Effect.Effect<HttpServerResponse.HttpServerResponse, never, R> =>
+      Effect.flatMap(schema.ready, (ready) =>
+        ready
+          ? respondTo(handler)
+          : Effect.succeed(json({ error: "starting: the database is not reachable yet" }, 503, { "retry-after": "1" }))
+      )
 
     yield* router.add(
       "POST",
@@ -148,17 +162,37 @@ const NotesRoutes = HttpRouter.use(
   })
 )
 
-/** The schema, created at start-up through the resilient client (retried while the database restarts). */
-const Migrations = Layer.effectDiscard(
+/**
+ * The schema, created in the background: a database that is down at start-up
+ * leaves the service up and not ready (the notes routes and readiness answer
+ * 503) instead of crash-looping. Each try goes through the resilient client,
+ * and a failed one is tried again, 1 s doubling to 30 s apart, until it lands.
+ */
+const Migrations = Layer.effect(
+  SchemaReady,
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    yield* ResilientPg.idempotent(sql`
-      CREATE TABLE IF NOT EXISTS notes (
-        id uuid PRIMARY KEY,
-        title text NOT NULL,
-        body text NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now()
-      )`)
+    const done = yield* Deferred.make<void>()
+    const migrate = ResilientPg.unwrapFailures(
+      ResilientPg.idempotent(sql`
+        CREATE TABLE IF NOT EXISTS notes (
+          id uuid PRIMARY KEY,
+          title text NOT NULL,
+          body text NOT NULL,
+          created_at timestamptz NOT NULL DEFAULT now()
+        )`)
+    ).pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning("The schema could not be created yet; trying again", error).pipe(
+          Effect.annotateLogs({ "app.event": "migration-retry" })
+        )
+      ),
+      Effect.retry(Schedule.min([Schedule.exponential("1 second"), Schedule.spaced("30 seconds")])),
+      Effect.andThen(Deferred.succeed(done, undefined)),
+      Effect.andThen(Effect.logInfo("Schema ready").pipe(Effect.annotateLogs({ "app.event": "migrated" })))
+    )
+    yield* Effect.forkScoped(migrate, { startImmediately: true })
+    return { ready: Deferred.isDone(done) }
   })
 )
 
@@ -174,7 +208,10 @@ export const layer = (options: Options) => {
     applicationName: "sturdy-example-server",
     ...options.database
   })
-  const routes = Layer.mergeAll(NotesRoutes, Admin.layer({ token: options.adminToken }))
+  const admin = Layer.unwrap(
+    Effect.map(SchemaReady, (schema) => Admin.layer({ token: options.adminToken, readiness: schema.ready }))
+  )
+  const routes = Layer.mergeAll(NotesRoutes, admin)
   const server = HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
     Layer.provideMerge(
       NodeHttpServer.layer(() => createServer(), {

@@ -37,8 +37,15 @@ const within = <E, R>(millis: number, what: string, check: Effect.Effect<boolean
     return (yield* Clock.currentTimeMillis) - start
   })
 
-/** The example service on a free port, built in the current scope; every alert it sends is kept. */
-const startApp = (server: PgServer.PgServerService, database: Partial<App.Options["database"]> = {}) =>
+/**
+ * The example service on a free port, built in the current scope; every alert it sends is kept. It creates
+ * its schema in the background: `waitReady` (the default) waits for readiness before handing it over.
+ */
+const startApp = (
+  server: PgServer.PgServerService,
+  database: Partial<App.Options["database"]> = {},
+  waitReady = true
+) =>
   Effect.gen(function* () {
     const alerts: Array<Alerts.Alert> = []
     const applicationName = `sturdy-example-test-${randomUUID().slice(0, 8)}`
@@ -64,6 +71,13 @@ const startApp = (server: PgServer.PgServerService, database: Partial<App.Option
       })
     )
     const base = HttpServer.formatAddress(Context.get(context, HttpServer.HttpServer).address)
+    if (waitReady) {
+      yield* within(
+        10_000,
+        "readiness",
+        Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+      )
+    }
     return { base, alerts, applicationName }
   })
 
@@ -173,7 +187,12 @@ describe("the example server over HTTP", () => {
         for (const path of ["/metrics", "/api/admin/database/metrics", "/admin/database", "/admin/database/app.js"]) {
           assert.strictEqual((yield* request(base, path, { bearer: token })).status, 404, path)
         }
-        assert.strictEqual((yield* request(base, "/health/ready")).status, 200)
+        // Ready once the schema is in place (created in the background at start-up).
+        yield* within(
+          10_000,
+          "readiness",
+          Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+        )
       }).pipe(Effect.scoped)
     )
 
@@ -251,6 +270,42 @@ describe("the example server over HTTP", () => {
         )
         assert.strictEqual((yield* request(base, "/notes")).status, 200)
       }).pipe(Effect.scoped)
+    )
+
+    it.effect(
+      "with the database down at start-up it serves not-ready 503s, then creates its schema once it is up",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          yield* server.stop
+          const { base } = yield* Effect.gen(function* () {
+            // The layer builds with the database down: the service is up (live) and not ready.
+            const app = yield* startApp(server, {}, false)
+            assert.strictEqual((yield* request(app.base, "/health/live")).status, 200)
+            const ready = yield* request(app.base, "/health/ready")
+            assert.deepStrictEqual([ready.status, JSON.parse(ready.text)], [503, { status: "not ready" }])
+            const early = yield* request(app.base, "/notes", {
+              method: "POST",
+              headers: { "content-type": "application/json" },
+              body: JSON.stringify({ title: "early", body: "" })
+            })
+            assert.strictEqual(early.status, 503, early.text)
+            assert.strictEqual(early.headers.get("retry-after"), "1")
+            return app
+          }).pipe(Effect.ensuring(Effect.orDie(server.start)))
+          // Back up: the background migration lands (its retries are 1 s doubling), readiness follows.
+          yield* within(
+            20_000,
+            "readiness after the database came up",
+            Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+          )
+          const created = yield* request(base, "/notes", {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ title: "after", body: "" })
+          })
+          assert.strictEqual(created.status, 201, created.text)
+        }).pipe(Effect.scoped)
     )
 
     it.effect("no response of any route and no alert contains the password or the connection string", () =>

@@ -6,7 +6,7 @@
  * | route | auth | answers |
  * |---|---|---|
  * | `GET /health/live` | none | `200 {"status":"live"}` while the process serves requests |
- * | `GET /health/ready` | none | `200 {"status":"ready"}`, or `503 {"status":"not ready"}` while the last health check failed or the breaker is open |
+ * | `GET /health/ready` | none | `200 {"status":"ready"}`, or `503 {"status":"not ready"}` while the last health check failed, the breaker is open, or `options.readiness` says false |
  * | `GET /metrics` | bearer | Prometheus text of every `effect/Metric` (the `sturdy_*` series among them) |
  * | `GET /api/admin/database/metrics` | bearer | the `Snapshot` below, as JSON |
  * | `GET /admin/database` | see below | the dashboard page |
@@ -66,6 +66,12 @@ export interface Options {
   readonly historySize?: number | undefined
   /** Statement fingerprints in the snapshot, the most time-consuming first. Default 50. */
   readonly statementsInSnapshot?: number | undefined
+  /**
+   * The application's own condition for readiness (its schema migrated, its
+   * caches warm): `/health/ready` answers 200 only while the database is ready
+   * and this is `true`. Default: the database alone.
+   */
+  readonly readiness?: Effect.Effect<boolean> | undefined
 }
 
 /**
@@ -166,6 +172,7 @@ const healthEntry = (result: HealthMonitor.HealthCheckResult): HealthEntry => ({
 export const makeSnapshot = Effect.fnUntraced(function* (options?: {
   readonly historySize?: number | undefined
   readonly statementsInSnapshot?: number | undefined
+  readonly readiness?: Effect.Effect<boolean> | undefined
 }) {
   const historySize = options?.historySize ?? 100
   const statementsInSnapshot = options?.statementsInSnapshot ?? 50
@@ -201,11 +208,12 @@ export const makeSnapshot = Effect.fnUntraced(function* (options?: {
     { startImmediately: true }
   )
 
+  const application = options?.readiness ?? Effect.succeed(true)
   const ready = Effect.zipWith(
     health.lastHealthCheck,
     pg.breakerState,
     (last, state) => last.status === "healthy" && state._tag !== "Open"
-  )
+  ).pipe(Effect.flatMap((database) => (database ? application : Effect.succeed(false))))
 
   const snapshot: Effect.Effect<Snapshot> = Effect.gen(function* () {
     const { lastHealthCheck, pool, ...rest } = yield* metrics.snapshot
@@ -217,7 +225,7 @@ export const makeSnapshot = Effect.fnUntraced(function* (options?: {
       startedAt,
       database: pg.key,
       profile: pg.profile.name,
-      ready: lastHealthCheck?.status === "healthy" && state._tag !== "Open",
+      ready: lastHealthCheck?.status === "healthy" && state._tag !== "Open" && (yield* application),
       metrics: rest,
       pool,
       breaker: {
