@@ -84,8 +84,9 @@ export interface Sink {
 }
 
 /**
- * The default sink: a structured log line, at warning level for critical
- * alerts and info otherwise, annotated with `sturdy.event: "alert"`.
+ * The default sink: a structured log line starting with `Alert:`, at warning
+ * level for critical alerts and info otherwise, annotated with
+ * `sturdy.event: "alert"`.
  *
  * @since 0.1.0
  * @category sinks
@@ -93,7 +94,12 @@ export interface Sink {
 export const log: Sink = {
   name: "log",
   send: (alert) =>
-    (alert.severity === "critical" ? Effect.logWarning(alert.message) : Effect.logInfo(alert.message)).pipe(
+    // "Alert:" tells it apart from the lifecycle line ResilientPg logs for the same event: this one is the
+    // debounced alert, with its occurrences.
+    (alert.severity === "critical"
+      ? Effect.logWarning(`Alert: ${alert.message}`)
+      : Effect.logInfo(`Alert: ${alert.message}`)
+    ).pipe(
       Effect.annotateLogs({
         "sturdy.event": "alert",
         "sturdy.alert": alert.kind,

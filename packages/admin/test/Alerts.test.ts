@@ -1,7 +1,7 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Alerts } from "@sturdy/admin"
 import { ResilientPg } from "@sturdy/pg"
-import { PgServer } from "@sturdy/testing"
+import { LogCapture, PgServer } from "@sturdy/testing"
 import { Clock, Effect, Layer, Redacted, Stream } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { SqlClient } from "effect/sql"
@@ -66,6 +66,44 @@ describe("Alerts.Debouncer", () => {
     ])
     assert.deepStrictEqual(summary(debouncer.due(1000)), [`breaker-openedx1@${at(1)}`])
   })
+})
+
+describe("Alerts.log", () => {
+  it.effect("writes one structured line per alert, marked as an alert, at warning level when critical", () =>
+    Effect.gen(function* () {
+      const logs = yield* LogCapture.make
+      yield* Effect.provide(
+        Effect.andThen(
+          Alerts.log.send({ ...alert("breaker-opened", 0), message: "breaker opened", occurrences: 3 }),
+          Alerts.log.send({ ...alert("breaker-closed", 0), message: "breaker closed" })
+        ),
+        logs.layer
+      )
+      const lines = (yield* logs.entries).map((entry) => [entry.level, entry.message, entry.annotations])
+      assert.deepStrictEqual(lines, [
+        [
+          "WARN",
+          "Alert: breaker opened",
+          {
+            "sturdy.event": "alert",
+            "sturdy.alert": "breaker-opened",
+            "sturdy.database": "db:5432/app",
+            "sturdy.occurrences": 3
+          }
+        ],
+        [
+          "INFO",
+          "Alert: breaker closed",
+          {
+            "sturdy.event": "alert",
+            "sturdy.alert": "breaker-closed",
+            "sturdy.database": "db:5432/app",
+            "sturdy.occurrences": 1
+          }
+        ]
+      ])
+    })
+  )
 })
 
 /** A webhook receiver that answers each POST only after `holdMillis`. */
