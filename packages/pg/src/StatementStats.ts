@@ -18,9 +18,11 @@
  * pasting values into its text (`sql.unsafe`) is still fingerprinted without
  * them. Only statements outside transactions are recorded (they are the ones
  * that go through the policies one by one). A call that failed before any
- * connection ran it (the breaker rejected it, no connection could be opened)
- * has no text yet: it counts in the client's totals (`failedQueries`), not
- * in this table.
+ * connection ran it (no connection could be opened, the breaker rejected it)
+ * is recorded too: its text is learnt by handing the statement's builder a
+ * connection that runs nothing. A rejection by the breaker counts as a call
+ * and an error but is not timed (it never waited), so it does not drag the
+ * statement's mean and p95 towards zero during an outage.
  *
  * @since 0.1.0
  */
@@ -32,8 +34,10 @@ import { DatabaseMetrics } from "@sturdy/resilience"
  */
 export interface Entry {
   readonly fingerprint: string
+  /** Every call, rejections by the breaker included. */
   readonly calls: number
   readonly errors: number
+  /** Mean latency of the calls that ran or waited (all but rejections). */
   readonly meanMillis: number
   readonly p95Millis: number
   readonly maxMillis: number
@@ -74,6 +78,8 @@ export const fingerprint = (sql: string): string => {
 class Stat {
   readonly fingerprint: string
   calls = 0
+  /** Calls with a latency (all but rejections). */
+  timed = 0
   errors = 0
   sum = 0
   lastErrorReason: string | undefined = undefined
@@ -105,7 +111,8 @@ export class Table {
     this.maxEntries = maxEntries
   }
 
-  record(sql: string | undefined, millis: number, errorReason: string | undefined): void {
+  /** `millis` undefined: a call that never waited (rejected by the breaker), counted but not timed. */
+  record(sql: string | undefined, millis: number | undefined, errorReason: string | undefined): void {
     if (sql === undefined || this.maxEntries === 0) return
     let key = this.fingerprints.get(sql)
     if (key === undefined) {
@@ -135,9 +142,12 @@ export class Table {
     this.update(stat, millis, errorReason)
   }
 
-  private update(stat: Stat, millis: number, errorReason: string | undefined) {
-    stat.sum += millis
-    stat.latency.record(millis)
+  private update(stat: Stat, millis: number | undefined, errorReason: string | undefined) {
+    if (millis !== undefined) {
+      stat.timed++
+      stat.sum += millis
+      stat.latency.record(millis)
+    }
     if (errorReason !== undefined) {
       stat.errors++
       stat.lastErrorReason = errorReason
@@ -147,16 +157,16 @@ export class Table {
   /** Every entry, the most time-consuming first. */
   snapshot(): ReadonlyArray<Entry> {
     return [...this.entries.values()]
+      .sort((a, b) => b.sum - a.sum)
       .map((stat) => ({
         fingerprint: stat.fingerprint,
         calls: stat.calls,
         errors: stat.errors,
-        meanMillis: stat.calls === 0 ? 0 : stat.sum / stat.calls,
+        meanMillis: stat.timed === 0 ? 0 : stat.sum / stat.timed,
         p95Millis: stat.latency.quantile(0.95),
         maxMillis: stat.latency.max,
         lastErrorReason: stat.lastErrorReason
       }))
-      .sort((a, b) => b.meanMillis * b.calls - a.meanMillis * a.calls)
   }
 
   get size(): number {

@@ -50,6 +50,18 @@ describe("StatementStats.Table", () => {
     )
   })
 
+  it("counts a rejection as a call and an error without timing it", () => {
+    const table = new StatementStats.Table(10)
+    table.record("SELECT 1", 10, undefined)
+    table.record("SELECT 1", 20, undefined)
+    table.record("SELECT 1", undefined, "CircuitOpen")
+    const [entry] = table.snapshot()
+    assert.deepStrictEqual(
+      [entry!.calls, entry!.errors, entry!.lastErrorReason, entry!.meanMillis, entry!.maxMillis],
+      [3, 1, "CircuitOpen", 15, 20]
+    )
+  })
+
   it("keeps at most maxEntries fingerprints, evicting the least recently used", () => {
     const table = new StatementStats.Table(8)
     for (let i = 0; i < 8; i++) table.record(`SELECT * FROM t${String.fromCharCode(97 + i)}`, 1, undefined)
@@ -92,6 +104,32 @@ describe("per-statement statistics of a ResilientPg client", () => {
         const failed = entries.find((entry) => entry.fingerprint === "SELEC ?")
         assert.deepStrictEqual([failed?.calls, failed?.errors, failed?.lastErrorReason], [1, 1, "SqlSyntaxError"])
         assert.notInclude(JSON.stringify(entries), "private-value")
+      })
+    )
+
+    it.effect("records calls that never reached a connection: refused, then rejected by the open breaker", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        const { layer } = resilient(server, {
+          ...fast,
+          statementStatsSize: 50,
+          retriesAfterFirst: 0,
+          breakerFailures: 2,
+          breakerOpenDuration: "1 minute"
+        })
+        const { entries, stats } = yield* Effect.gen(function* () {
+          const sql = yield* SqlClient.SqlClient
+          yield* sql`SELECT ${0}::int AS outage_probe`
+          yield* server.stop
+          for (let i = 1; i <= 5; i++) yield* Effect.exit(sql`SELECT ${i}::int AS outage_probe`)
+          const service = yield* ResilientPg.ResilientPg
+          return { entries: yield* service.statements, stats: yield* service.stats }
+        }).pipe(Effect.provide(layer), Effect.ensuring(Effect.orDie(server.start)))
+        const probe = entries.find((entry) => entry.fingerprint === "SELECT ?::int AS outage_probe")
+        assert.isDefined(probe, JSON.stringify(entries))
+        // Every call is in the table, those that never had a connection included; the last ones were rejected.
+        assert.deepStrictEqual([probe!.calls, probe!.errors, probe!.lastErrorReason], [6, 5, "CircuitOpen"])
+        assert.isAtLeast(stats.rejections, 1)
       })
     )
   })

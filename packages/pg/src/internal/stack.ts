@@ -48,6 +48,8 @@ export interface Options {
 export class Call {
   readonly started: number
   sql: string | undefined = undefined
+  /** The statement's builder (`@effect/sql` hands it to the borrower): `sqlOf` learns the text from it. */
+  builder: ((connection: Connection) => Effect.Effect<unknown, unknown, unknown>) | undefined = undefined
   sent = false
   attempts = 0
   generation = 0
@@ -179,6 +181,45 @@ export class SqlConnection implements Connection {
 }
 
 const rollbackStatement = /^\s*ROLLBACK\b/i
+
+// --- The text of a statement that never reached a connection ---------------------------------------------------
+// `@effect/sql` compiles a statement before borrowing a connection and hands the borrower a builder that calls
+// the connection's `execute*` with the text. On a failure path only (the breaker rejected the call, no connection
+// could be opened), Sturdy hands that builder a connection that runs nothing and notes the text it is given, so
+// the statement table sees those failures too. A builder that calls nothing at once leaves the text unknown.
+
+let capturedSql: string | undefined
+const capture = (sql: string) => {
+  capturedSql = sql
+  return Effect.void
+}
+const sqlProbe = {
+  execute: capture,
+  executeRaw: capture,
+  executeValues: capture,
+  executeValuesUnprepared: capture,
+  executeUnprepared: capture,
+  executeStream: (sql: string) => {
+    capturedSql = sql
+    return Stream.empty
+  }
+} as unknown as Connection
+
+/** The SQL text a statement's builder would run, without running anything. */
+export const sqlOf = (
+  builder: ((connection: Connection) => Effect.Effect<unknown, unknown, unknown>) | undefined
+): string | undefined => {
+  if (builder === undefined) return undefined
+  capturedSql = undefined
+  try {
+    builder(sqlProbe)
+  } catch {
+    return undefined
+  }
+  const sql = capturedSql
+  capturedSql = undefined
+  return sql
+}
 
 const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
 const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
@@ -562,7 +603,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       recorder.failed++
       const millis = performance.now() - call.started
       recorder.latency.record(millis)
-      options.statements.record(call.sql, millis, reasonOf(error))
+      options.statements.record(call.sql ?? sqlOf(call.builder), millis, reasonOf(error))
     }
     return PgFailure.isPolicyFailure(error) ? surface(operation, call, error) : Effect.fail(error as E)
   }
@@ -607,9 +648,11 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         // (a rejection takes well under the histogram's smallest bucket).
         recorder.failed++
         recorder.latency.record(0)
+        if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, "CircuitOpen")
         return rejection(admission).statementFailure
       }
       const call = new Call(performance.now())
+      call.builder = f
       if (local !== undefined && admission !== undefined) {
         if (admission._tag === "Admitted") {
           // The common case, inlined: the first attempt's outcome settles the call, with one continuation.
