@@ -4,9 +4,10 @@
  * On an embedded PostgreSQL unless DATABASE_URL is set. PORT (default 3000)
  * and HOST (default 127.0.0.1) choose where it listens. STURDY_ADMIN_TOKEN
  * sets the admin token (never printed); without one, this example makes a
- * random token for the run and prints the dashboard's address with it. SIGTERM or Ctrl-C
- * stops accepting connections, lets in-flight requests finish, then closes
- * the pool (and the embedded server).
+ * random token for the run and prints the dashboard's address with it.
+ * SIGTERM or Ctrl-C stops accepting connections, lets in-flight requests
+ * finish, then closes the pool (and the embedded server). A database that is
+ * down at start-up leaves the service up and not ready until it comes back.
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { ResilientPg } from "@sturdy/pg"

@@ -206,7 +206,7 @@ const sqlProbe = {
 } as unknown as Connection
 
 /** The SQL text a statement's builder would run, without running anything. */
-export const sqlOf = (
+const sqlOf = (
   builder: ((connection: Connection) => Effect.Effect<unknown, unknown, unknown>) | undefined
 ): string | undefined => {
   if (builder === undefined) return undefined
