@@ -190,7 +190,10 @@ const throughput = (server: PgServer.PgServerService) =>
             query === "SELECT 1"
               ? sql`SELECT 1`
               : Effect.suspend(() => sql`SELECT v FROM bench_kv WHERE id = ${1 + Math.floor(Math.random() * 10000)}`)
-          const measure = (sql: SqlClient.SqlClient) => async () => {
+          // The client process's CPU per statement (user + system, GC threads included), per round: where a
+          // throughput ratio comes from when the server is not the bottleneck.
+          const cpu = { plain: [] as Array<number>, other: [] as Array<number> }
+          const measure = (sql: SqlClient.SqlClient, cpuPerStatement: Array<number>) => async () => {
             let done = 0
             let stop = false
             const worker = Effect.gen(function* () {
@@ -200,6 +203,7 @@ const throughput = (server: PgServer.PgServerService) =>
               }
             })
             const started = performance.now()
+            const cpuBefore = process.cpuUsage()
             const fiber = Effect.runFork(
               Effect.all(
                 Array.from({ length: concurrency }, () => worker),
@@ -209,13 +213,15 @@ const throughput = (server: PgServer.PgServerService) =>
             await new Promise((resolve) => setTimeout(resolve, settings.throughputMillis))
             stop = true
             await Effect.runPromise(Fiber.join(fiber))
+            const used = process.cpuUsage(cpuBefore)
+            cpuPerStatement.push((used.user + used.system) / done)
             return (done * 1000) / (performance.now() - started)
           }
           const results = yield* Effect.promise(() =>
             alternate(
               [
-                { name: "plain", run: measure(plain) },
-                { name: "other", run: measure(other) }
+                { name: "plain", run: measure(plain, cpu.plain) },
+                { name: "other", run: measure(other, cpu.other) }
               ],
               settings.rounds
             )
@@ -229,9 +235,12 @@ const throughput = (server: PgServer.PgServerService) =>
             format(median(results.get("plain")!)),
             format(median(results.get("other")!)),
             format(ratio, 2),
-            perRound.map((r) => format(r, 2)).join(" ")
+            perRound.map((r) => format(r, 2)).join(" "),
+            // The warm-up round is the first of each list.
+            format(median(cpu.plain.slice(1)), 1),
+            format(median(cpu.other.slice(1)), 1)
           ])
-          log(`  ${rows.at(-1)!.slice(0, 6).join("  ")}`)
+          log(`  ${[...rows.at(-1)!.slice(0, 6), ...rows.at(-1)!.slice(7)].join("  ")}`)
           return ratio
         })
       noise.push(yield* compare("SELECT 1", 16, plainAgain, "plain"))
@@ -241,8 +250,21 @@ const throughput = (server: PgServer.PgServerService) =>
     }
     sections.push(
       "## 2. Throughput through the database\n\n" +
-        `Statements per second, embedded PostgreSQL 18 on the same machine (client and server share the 2 cores), pool of 10, ${settings.rounds} alternating rounds of ${settings.throughputMillis} ms; rates are medians, the ratio is the median of the per-round ratios. Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. The first row of each mode compares two identical plain clients: its spread is the measurement's noise. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
-        table(["connections", "statement", "concurrency", "plain /s", "Sturdy /s", "ratio", "per round"], rows) +
+        `Statements per second, embedded PostgreSQL 18 on the same machine (client and server share the 2 cores), pool of 10, ${settings.rounds} alternating rounds of ${settings.throughputMillis} ms; rates are medians, the ratio is the median of the per-round ratios; the CPU columns are the client process's CPU time (user + system, GC threads included) per statement, median over the rounds. Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. The first row of each mode compares two identical plain clients: its spread is the measurement's noise. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
+        table(
+          [
+            "connections",
+            "statement",
+            "concurrency",
+            "plain /s",
+            "Sturdy /s",
+            "ratio",
+            "per round",
+            "plain CPU µs/stmt",
+            "Sturdy CPU µs/stmt"
+          ],
+          rows
+        ) +
         "\n"
     )
     return { worstRatio: Math.min(...ratios), worstNoise: Math.min(...noise, ...noise.map((r) => 1 / r)) }
