@@ -1,11 +1,11 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { PgFailure, ResilientPg } from "@sturdy/pg"
-import { LogCapture, PgServer } from "@sturdy/testing"
+import { FaultProxy, LogCapture, PgServer } from "@sturdy/testing"
 import { Clock, Effect, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
-import { eventually, failureOf, fast, resilient } from "./helpers.ts"
+import { appName, eventually, failureOf, fast, resilient } from "./helpers.ts"
 
 describe("ResilientPg against a real server", () => {
   layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
@@ -277,6 +277,51 @@ describe("ResilientPg against a real server", () => {
           assert.deepStrictEqual(outcome.after, [{ one: 1 }])
           assert.deepStrictEqual(yield* server.activeQueries(applicationName), [])
         })
+    )
+
+    it.effect(
+      "(f) on a silent network (the proxy holds everything) the attempt ends at its deadline plus the grace period",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const proxy = yield* FaultProxy.make(server)
+          // The cancel request needs a connection of its own, which the paused proxy holds too: only ending the
+          // session (after the 125 ms grace period) can end the attempt.
+          const outcome = yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            yield* sql`SELECT 1`
+            yield* proxy.pause
+            const started = yield* Clock.currentTimeMillis
+            const exit = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`)).pipe(
+              Effect.timeoutOrElse({
+                duration: "5 seconds",
+                orElse: () => Effect.die(new Error("the attempt waited for the network instead of ending the session"))
+              })
+            )
+            const elapsed = (yield* Clock.currentTimeMillis) - started
+            yield* proxy.resume
+            const after = yield* sql<{ one: number }>`SELECT 1 AS one`
+            return { exit, elapsed, after }
+          }).pipe(
+            Effect.provide(
+              ResilientPg.layer({
+                url: proxy.url,
+                applicationName: appName(),
+                ...fast,
+                maxConnections: 1,
+                attemptTimeout: "500 millis",
+                retriesAfterFirst: 0
+              })
+            )
+          )
+          const error = failureOf(outcome.exit) as PgFailure.TransientError
+          assert.strictEqual(error._tag, "TransientError")
+          assert.deepStrictEqual([error.reason._tag, error.reason.phase], ["AttemptTimeout", "sent"])
+          // 500 ms deadline + 125 ms grace + one watchdog tick (25 ms) each, with room for a slow machine.
+          assert.isAtLeast(outcome.elapsed, 500)
+          assert.isBelow(outcome.elapsed, 2000)
+          assert.deepStrictEqual(outcome.after, [{ one: 1 }])
+        }).pipe(Effect.scoped)
     )
 
     it.effect(
