@@ -66,6 +66,25 @@ const sections: Array<string> = []
 const fakeConnection = {} as PgConnection.PgConnection
 const fakePool: Stack.PoolLike = { use: (f) => f(fakeConnection) }
 
+/** Sturdy's production stack (retry, in-process breaker, attempt deadline, metrics) over `pool`, no database. */
+const stackOver = (pool: Stack.PoolLike, openDuration: Duration.Input, profile: Profile.Profile = Profile.production) =>
+  Effect.gen(function* () {
+    const breaker = yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration })
+    return yield* Stack.make({
+      pool,
+      maxConnections: 10,
+      statementsPerConnection: 1,
+      profile,
+      sentPhaseRetry: "safe",
+      whenCircuitOpen: "fail-fast",
+      breaker,
+      key: "db",
+      recorder: new DatabaseMetrics.Recorder(),
+      statements: new StatementStats.Table(500),
+      idempotency: () => "auto"
+    })
+  })
+
 const runEffectLoop = (effect: Effect.Effect<unknown, unknown>, calls: number) => async () => {
   const loop = Effect.gen(function* () {
     for (let i = 0; i < calls; i++) yield* effect
@@ -86,22 +105,7 @@ const overhead = Effect.gen(function* () {
   const calls = settings.overheadCalls
   const bare = Effect.succeed(1)
 
-  // Sturdy's production stack (retry, in-process breaker, attempt deadline, metrics) over a pool that lends a fake connection.
-  const recorder = new DatabaseMetrics.Recorder()
-  const breaker = yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: "60 seconds" })
-  const stack = yield* Stack.make({
-    pool: fakePool,
-    maxConnections: 10,
-    statementsPerConnection: 1,
-    profile: Profile.production,
-    sentPhaseRetry: "safe",
-    whenCircuitOpen: "fail-fast",
-    breaker,
-    key: "db",
-    recorder,
-    statements: new StatementStats.Table(500),
-    idempotency: () => "auto"
-  })
+  const stack = yield* stackOver(fakePool, "60 seconds")
   const sturdy = stack.borrower(() => bare)
 
   // effect's own composite of the same three policies.
@@ -157,7 +161,7 @@ const overhead = Effect.gen(function* () {
       table(["case", "ns per call", "added ns", "ratio to bare, per round"], rows) +
       "\n"
   )
-  return { sturdyAdded: nsOf("Sturdy full stack") - nsOf("bare Effect"), recorder }
+  return { sturdyAdded: nsOf("Sturdy full stack") - nsOf("bare Effect") }
 })
 
 // --- 2. Throughput through the database -------------------------------------------------------------------------------
@@ -300,20 +304,11 @@ const failFast = (server: PgServer.PgServerService) =>
       })
     })
     const refusingPool: Stack.PoolLike = { use: () => Effect.fail(refused) }
-    const breaker = yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: "1 hour" })
-    const stack = yield* Stack.make({
-      pool: refusingPool,
-      maxConnections: 10,
-      statementsPerConnection: 1,
-      profile: Profile.override(Profile.production, { retriesAfterFirst: 0 }),
-      sentPhaseRetry: "safe",
-      whenCircuitOpen: "fail-fast",
-      breaker,
-      key: "db",
-      recorder: new DatabaseMetrics.Recorder(),
-      statements: new StatementStats.Table(500),
-      idempotency: () => "auto"
-    })
+    const stack = yield* stackOver(
+      refusingPool,
+      "1 hour",
+      Profile.override(Profile.production, { retriesAfterFirst: 0 })
+    )
     const call = stack.borrower(() => Effect.succeed(1))
     for (let i = 0; i < 5; i++) yield* Effect.exit(call)
     const timer = yield* timeEach(Effect.succeed(1), calls)
@@ -440,21 +435,7 @@ const recovery = (server: PgServer.PgServerService) =>
 const memory = Effect.gen(function* () {
   log("5/5 memory over many statements")
   const gc = (globalThis as { gc?: () => void }).gc
-  const recorder = new DatabaseMetrics.Recorder()
-  const breaker = yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: "60 seconds" })
-  const stack = yield* Stack.make({
-    pool: fakePool,
-    maxConnections: 10,
-    statementsPerConnection: 1,
-    profile: Profile.production,
-    sentPhaseRetry: "safe",
-    whenCircuitOpen: "fail-fast",
-    breaker,
-    key: "db",
-    recorder,
-    statements: new StatementStats.Table(500),
-    idempotency: () => "auto"
-  })
+  const stack = yield* stackOver(fakePool, "60 seconds")
   const statement = stack.borrower(() => Effect.succeed(1))
   // Warm up so lazily built structures exist before the first measurement.
   for (let i = 0; i < 10_000; i++) yield* statement
