@@ -128,17 +128,7 @@ export const run = (options: {
   let stopped = false
   const caller = Effect.gen(function* () {
     while (!stopped) {
-      const id = randomUUID()
-      const startedAt = performance.now()
-      const exit = yield* Effect.exit(
-        ResilientPg.unwrapFailures(options.workload.call(options.sql, id)).pipe(
-          Effect.provideContext(options.context),
-          Effect.timeoutOption(options.deadline)
-        )
-      )
-      const millis = performance.now() - startedAt
-      const outcome = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : outcomeOf(exit)
-      options.record({ workload: options.workload.name, id, startedAt, millis, outcome })
+      yield* callOnce(options)
       yield* Effect.sleep(options.pause)
     }
   })
