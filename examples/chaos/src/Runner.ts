@@ -39,14 +39,17 @@ export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
   return "Interrupted"
 }
 
-const callOnce = (options: {
+/** What every call of a run needs: the workload, the client, the cap on a call, and where its record goes. */
+interface CallOptions {
   readonly workload: Workload
   readonly sql: SqlClient.SqlClient
   /** What the workload's calls need: the Sturdy client's services (a plain client runs only statements). */
   readonly context: Context.Context<ResilientPg.ResilientPg>
   readonly deadline: Duration.Input
   readonly record: (call: CallRecord) => void
-}) =>
+}
+
+const callOnce = (options: CallOptions) =>
   Effect.suspend(() => {
     const id = randomUUID()
     const startedAt = performance.now()
@@ -76,15 +79,9 @@ const callOnce = (options: {
  * failures) than one that hangs. Stops issuing when `stop` completes, then
  * waits for the requests in flight.
  */
-export const runOpenLoop = (options: {
-  readonly workload: Workload
-  readonly sql: SqlClient.SqlClient
-  readonly context: Context.Context<ResilientPg.ResilientPg>
-  readonly perSecond: number
-  readonly stop: Effect.Effect<void>
-  readonly deadline: Duration.Input
-  readonly record: (call: CallRecord) => void
-}): Effect.Effect<void> =>
+export const runOpenLoop = (
+  options: CallOptions & { readonly perSecond: number; readonly stop: Effect.Effect<void> }
+): Effect.Effect<void> =>
   Effect.scoped(
     Effect.gen(function* () {
       const inFlight = yield* FiberSet.make()
@@ -115,16 +112,13 @@ export const runOpenLoop = (options: {
  * waiting `pause` between calls; every call is capped at `deadline` (a call
  * still running then is recorded as `Hung`, and interrupted).
  */
-export const run = (options: {
-  readonly workload: Workload
-  readonly sql: SqlClient.SqlClient
-  readonly context: Context.Context<ResilientPg.ResilientPg>
-  readonly concurrency: number
-  readonly stop: Effect.Effect<void>
-  readonly deadline: Duration.Input
-  readonly pause: Duration.Input
-  readonly record: (call: CallRecord) => void
-}): Effect.Effect<void> => {
+export const run = (
+  options: CallOptions & {
+    readonly concurrency: number
+    readonly stop: Effect.Effect<void>
+    readonly pause: Duration.Input
+  }
+): Effect.Effect<void> => {
   let stopped = false
   const caller = Effect.gen(function* () {
     while (!stopped) {
