@@ -44,6 +44,9 @@
  * - The listener closes while `Refuse` is active and listens again on the
  *   same port when it is removed; should another process take the port in
  *   between, that `set` dies with a `FaultProxyError`.
+ * - The proxy is the network, so its delays run on wall-clock time (Node
+ *   timers in the socket callbacks), never on `TestClock`: a test that
+ *   adjusts a `TestClock` still sees real latency, pacing and reset grace.
  *
  * **Example** (A COMMIT whose answer is lost)
  *
