@@ -472,24 +472,37 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     startAttempt(call)
     return Effect.matchCauseEffect(run(call, f), {
       onSuccess: (value) => {
-        settle(call)
-        recorder.consecutiveFailures = 0
-        localBreaker.record(key, generation, "Success")
+        attemptSucceeded(call, localBreaker, generation)
         return Effect.succeed(value)
       },
-      onFailure: (cause) => {
-        settle(call)
-        const found = Cause.findErrorOption(cause)
-        if (found._tag === "None") {
-          localBreaker.record(key, generation, "Ignored")
-          return Effect.failCause(cause)
-        }
-        return Effect.withFiber((fiber) => {
-          const failure = decide(found.value, call, options.idempotency(fiber))
-          localBreaker.record(key, generation, breakerOutcome(failure))
-          return Effect.fail(failure)
-        })
-      }
+      onFailure: (cause) => attemptFailed(call, localBreaker, generation, cause)
+    })
+  }
+
+  const attemptSucceeded = (call: Call, localBreaker: Breaker.Local, generation: number) => {
+    settle(call)
+    recorder.consecutiveFailures = 0
+    localBreaker.record(key, generation, "Success")
+  }
+
+  /** A failed attempt through the in-process breaker: classified, recorded, and failed with what the retry reads. */
+  const attemptFailed = (
+    call: Call,
+    localBreaker: Breaker.Local,
+    generation: number,
+    cause: Cause.Cause<unknown>
+  ): Effect.Effect<never, unknown> => {
+    settle(call)
+    const found = Cause.findErrorOption(cause)
+    if (found._tag === "None") {
+      // Interrupted, or a defect: no typed failure to classify.
+      localBreaker.record(key, generation, "Ignored")
+      return Effect.failCause(cause)
+    }
+    return Effect.withFiber((fiber) => {
+      const failure = decide(found.value, call, options.idempotency(fiber))
+      localBreaker.record(key, generation, breakerOutcome(failure))
+      return Effect.fail(failure)
     })
   }
 
@@ -660,34 +673,19 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           const generation = admission.generation
           return Effect.matchCauseEffect(run(call, f), {
             onSuccess: (value) => {
-              settle(call)
-              recorder.consecutiveFailures = 0
-              local.record(key, generation, "Success")
-              const millis = performance.now() - call.started
-              recorder.latency.record(millis)
-              options.statements.record(call.sql, millis, undefined)
-              return Effect.succeed(value)
+              attemptSucceeded(call, local, generation)
+              return succeed("execute", call, true, value)
             },
-            onFailure: (cause) => {
-              settle(call)
-              const found = Cause.findErrorOption(cause)
-              if (found._tag === "None") {
-                // Interrupted, or a defect: no typed failure to classify.
-                local.record(key, generation, "Ignored")
-                return Effect.failCause(cause as Cause.Cause<never>)
-              }
-              return Effect.withFiber((fiber) => {
-                const failure = decide(found.value, call, options.idempotency(fiber))
-                local.record(key, generation, breakerOutcome(failure))
-                return retry<A, E, R>(
+            onFailure: (cause) =>
+              Effect.catch(attemptFailed(call, local, generation, cause), (failure) =>
+                retry<A, E, R>(
                   "execute",
                   call,
                   true,
                   Effect.suspend(() => attempt(call, f)),
                   failure
                 )
-              })
-            }
+              )
           })
         }
         first = Effect.fail(rejection(admission).error)
