@@ -68,16 +68,18 @@ import {
   Context,
   Duration,
   Effect,
+  Exit,
   Layer,
   Option,
   Predicate,
   Redacted,
   Schedule,
   Schema,
+  Semaphore,
   Stream
 } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Connection } from "effect/sql/SqlConnection"
 import { ConnectionError, isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
@@ -95,10 +97,28 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
   /** The profile whose defaults apply: `"development"` (default) or `"production"`. */
   readonly profile?: Profile.Name | undefined
   /**
-   * The server-side `statement_timeout` sent at connection start-up. Defaults
-   * to the attempt timeout; `"off"` leaves the server's setting alone.
+   * The server-side `statement_timeout`. Defaults to the attempt timeout;
+   * `"off"` leaves the server's setting alone.
    */
   readonly statementTimeout?: Duration.Input | "off" | undefined
+  /**
+   * How the server-side `statement_timeout` is applied:
+   *
+   * - `"transaction"` (default): `SET LOCAL statement_timeout` right after
+   *   each transaction's `BEGIN`. Every pooler accepts it in every mode
+   *   (PgBouncer session and transaction pooling, Supavisor, RDS Proxy), so
+   *   statements inside transactions are bounded behind a pooler as they are
+   *   direct. Statements outside transactions are bounded by the attempt
+   *   deadline, which sends the server a cancel request (poolers relay it).
+   *   Costs one round trip per transaction.
+   * - `"startup"`: the start-up parameter, which bounds every statement of the
+   *   session at no cost per transaction. PgBouncer's default configuration
+   *   refuses it (`08P01 unsupported startup parameter`, a typed
+   *   `ConfigurationRefused` from Sturdy), and with
+   *   `ignore_startup_parameters = statement_timeout` it drops it silently: use
+   *   it only for direct connections.
+   */
+  readonly statementTimeoutVia?: "transaction" | "startup" | undefined
   /**
    * What to do when the connection is lost after a statement was sent:
    * `"safe"` (default) retries only read-only statements and effects marked
@@ -468,6 +488,12 @@ const validateOptions = (options: Options): Profile.Profile => {
       `${fn}: whenCircuitOpen must be "fail-fast" or "wait-and-retry", got ${JSON.stringify(whenCircuitOpen)}`
     )
   }
+  const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
+  if (statementTimeoutVia !== "transaction" && statementTimeoutVia !== "startup") {
+    throw new RangeError(
+      `${fn}: statementTimeoutVia must be "transaction" or "startup", got ${JSON.stringify(statementTimeoutVia)}`
+    )
+  }
   const statementStatsSize = options.statementStatsSize ?? 500
   if (!Number.isInteger(statementStatsSize) || statementStatsSize < 0) {
     throw new RangeError(`${fn}: statementStatsSize must be an integer >= 0, got ${statementStatsSize}`)
@@ -520,6 +546,52 @@ const databaseKey = (options: Options): string => {
   }
   return `${host ?? "localhost"}:${port ?? 5432}/${database ?? options.username ?? "postgres"}`
 }
+
+/**
+ * The health probe's session: kept between probes, replaced when it dies or
+ * when a probe asks for a fresh one. `onLost` runs when a kept session dies.
+ */
+const makeProbeSessions = Effect.fnUntraced(function* (config: PgConnection.Config, onLost: () => void) {
+  let current: { readonly connection: PgConnection.PgConnection; readonly scope: Scope.Closeable } | undefined
+  const lock = yield* Semaphore.make(1)
+  const drop = Effect.suspend(() => {
+    const session = current
+    current = undefined
+    return session === undefined ? Effect.void : Scope.close(session.scope, Exit.void)
+  })
+  yield* Effect.addFinalizer(() => drop)
+  const open = Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    const connection = yield* PgConnection.make(config).pipe(
+      Scope.provide(scope),
+      Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, exit)))
+    )
+    const session = { connection, scope }
+    retireHooks(connection)?.add(() => {
+      if (current === session) {
+        current = undefined
+        onLost()
+      }
+    })
+    current = session
+    return connection
+  })
+  const probe = (mode: "reuse" | "fresh"): Effect.Effect<PgConnection.Result, SqlError> =>
+    lock.withPermit(
+      Effect.gen(function* () {
+        if (mode === "fresh") yield* drop
+        const connection = current?.connection ?? (yield* open)
+        return yield* connection.query("SELECT 1")
+      }).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : drop)))
+    )
+  return { probe }
+})
+
+/** The driver's hooks run when a session dies (pinned @effect/sql-pg 4.0.5); `undefined` without them. */
+const retireHooks = (connection: PgConnection.PgConnection): Set<() => void> | undefined =>
+  (connection as unknown as Record<string, { readonly retireHooks?: Set<() => void> } | undefined>)[
+    "~@effect/sql-pg/PgConnection/internals"
+  ]?.retireHooks
 
 const transitionLog = (transition: Breaker.Transition) => {
   const annotations = {
@@ -583,6 +655,7 @@ export const make = Effect.fnUntraced(function* (
   }
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
   const statementTimeout = statementTimeoutMillis(options, profile)
+  const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
   const key = databaseKey(options)
   const maxConnections = options.maxConnections ?? 10
 
@@ -595,34 +668,45 @@ export const make = Effect.fnUntraced(function* (
       "sturdy.retriesAfterFirst": profile.retriesAfterFirst,
       "sturdy.backoff": `${Duration.format(profile.backoffBase)} x 2^n + [0, ${Duration.format(profile.backoffJitter)})`,
       "sturdy.attemptTimeout": Duration.format(profile.attemptTimeout),
-      "sturdy.statementTimeout": statementTimeout === undefined ? "off" : `${statementTimeout} ms`,
+      "sturdy.statementTimeout":
+        statementTimeout === undefined ? "off" : `${statementTimeout} ms (${statementTimeoutVia})`,
       "sturdy.healthCheckInterval": Duration.format(profile.healthCheckInterval),
       "sturdy.breaker": `opens after ${profile.breakerFailures} failed attempts`,
       "sturdy.sentPhaseRetry": sentPhaseRetry
     })
   )
 
-  // Counting the pool's sockets is the only way to know how many connections it holds.
+  // Every session is opened with the same settings (the pool's, the health probe's, commit resolution's), so a
+  // setting a pooler refuses fails the probe too instead of letting it report healthy.
+  const sessionConfig: PgConnection.Config = {
+    ...options,
+    startupParameters:
+      statementTimeout === undefined || statementTimeoutVia !== "startup"
+        ? options.startupParameters
+        : { statement_timeout: String(statementTimeout), ...options.startupParameters }
+  }
+  // Counting the pool's sockets is the only way to know how many connections it holds; opening them here also lets
+  // the breaker refuse every one while it is open (the pool itself retries a failed connection for its waiters).
   const target = tcpTarget(options)
   let openSockets = 0
   let socketsOpened = 0
+  let connectionGate = (): Breaker.CircuitOpen | undefined => undefined
   const pool = yield* PgPool.make({
     ...options,
+    ...sessionConfig,
     // A connection that never completes its start-up is an attempt that never ends: bound it by the attempt timeout.
     connectTimeout: options.connectTimeout ?? profile.attemptTimeout,
     ...(target !== undefined && {
       stream: () => {
+        const refused = connectionGate()
+        if (refused !== undefined) throw refused
         const socket = Net.connect({ host: target.host, port: target.port, noDelay: true })
         openSockets++
         socketsOpened++
         socket.once("close", () => openSockets--)
         return socket
       }
-    }),
-    startupParameters:
-      statementTimeout === undefined
-        ? options.startupParameters
-        : { statement_timeout: String(statementTimeout), ...options.startupParameters }
+    })
   })
   yield* Effect.logInfo("Connection pool ready").pipe(
     Effect.annotateLogs({
@@ -636,7 +720,7 @@ export const make = Effect.fnUntraced(function* (
     Option.getOrUndefined(yield* Effect.serviceOption(Breaker.Breaker)) ??
     (yield* Breaker.make({
       tripPolicy: Breaker.consecutive(profile.breakerFailures),
-      openDuration: profile.breakerOpenDuration
+      openDuration: Profile.openDuration(profile)
     }))
   yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
 
@@ -655,8 +739,13 @@ export const make = Effect.fnUntraced(function* (
     statements,
     idempotency: (fiber) => fiber.getRef(Idempotency)
   })
+  const afterBegin =
+    statementTimeout === undefined || statementTimeoutVia !== "transaction"
+      ? undefined
+      : `SET LOCAL statement_timeout = ${statementTimeout}`
+  connectionGate = stack.connectionGate
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
-    new Stack.SqlConnection(connection, undefined)
+    new Stack.SqlConnection(connection, undefined, undefined, afterBegin)
   const acquire = stack.acquire(Effect.map(pool.get, toSqlConnection), "acquire")
   const reserve = stack.acquire(pool.reserve, "reserve")
   const borrower = stack.borrower
@@ -676,7 +765,7 @@ export const make = Effect.fnUntraced(function* (
     Effect.scoped(
       Effect.flatMap(
         PgConnection.make({
-          ...options,
+          ...sessionConfig,
           applicationName: `${options.applicationName ?? "@effect/sql-pg"} commit-resolution`,
           connectTimeout
         }),
@@ -788,26 +877,48 @@ export const make = Effect.fnUntraced(function* (
     notify: (channel: string, payload: string) => Effect.asVoid(client`SELECT pg_notify(${channel}, ${payload})`.raw)
   })
 
-  // The probe has a connection of its own: never through the breaker, never behind a saturated pool.
+  // The probe has a session of its own, opened exactly as the pool opens its own: never through the breaker,
+  // never behind a saturated pool. While the circuit is closed it runs `SELECT 1` on that session, and the
+  // session's loss (a server that stops ends it at once) starts the next probe immediately. While the circuit is
+  // open, every probe opens a fresh session, as the pool would have to, and its success closes the circuit.
+  let onSessionLost = () => {}
+  const probeSessions = yield* makeProbeSessions(
+    {
+      ...sessionConfig,
+      applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
+      connectTimeout: profile.healthCheckTimeout
+    },
+    () => onSessionLost()
+  )
+  const circuitClosed = Effect.map(breaker.state(key), (state) => state._tag === "Closed")
   const health = yield* HealthMonitor.make({
-    probe: Effect.scoped(
-      Effect.flatMap(
-        PgConnection.make({
-          ...options,
-          applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
-          connectTimeout: profile.healthCheckTimeout
-        }),
-        (connection) => connection.query("SELECT 1")
-      )
+    probe: Effect.flatMap(
+      circuitClosed,
+      (closed): Effect.Effect<unknown, SqlError> => probeSessions.probe(closed ? "reuse" : "fresh")
     ),
     interval: profile.healthCheckInterval,
+    probeFastWhile: Effect.map(circuitClosed, (closed) => !closed),
     timeout: profile.healthCheckTimeout,
     onStartup: options.healthOnStartup ?? "degraded",
-    describe: (error) => {
+    describe: (error: SqlError) => {
       const reason = PgFailure.classify(error)
       return reason === undefined ? `${error.reason._tag}: ${error.message}` : `${reason._tag}: ${reason.message}`
     }
   })
+  onSessionLost = () => Effect.runSync(health.checkSoon)
+  yield* Effect.forkScoped(
+    Stream.runForEach(breaker.transitions, (transition) => (transition.to === "Open" ? health.checkSoon : Effect.void)),
+    { startImmediately: true }
+  )
+  const local = breaker.local
+  if (local !== undefined) {
+    yield* Effect.forkScoped(
+      Stream.runForEach(health.changes, (result) =>
+        result.status === "healthy" ? Effect.sync(() => local.probeSucceeded(key)) : Effect.void
+      ),
+      { startImmediately: true }
+    )
+  }
 
   const pool_ = (): DatabaseMetrics.PoolStats => ({
     max: maxConnections,
@@ -930,6 +1041,7 @@ const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<
         healthCheckTimeout: profile.healthCheckTimeout,
         breakerFailures: profile.breakerFailures,
         breakerOpenDuration: profile.breakerOpenDuration,
+        breakerOpenDurationMax: profile.breakerOpenDurationMax,
         maxConnections: Option.getOrUndefined(maxConnections),
         sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
         healthOnStartup: Option.getOrUndefined(healthOnStartup),
@@ -969,7 +1081,14 @@ export const layerConfig = (
 ): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Config.ConfigError> =>
   Layer.unwrap(
     Effect.map(options?.url === undefined ? config : settings(Config.succeed(options.url)), (fromEnv) =>
-      layer(dropUndefined({ ...fromEnv, ...dropUndefined(options ?? {}) }))
+      layer(
+        dropUndefined({
+          ...fromEnv,
+          // An open duration given alone in code pins it, as it does for `layer`: the profile's ceiling must not follow.
+          ...(options?.breakerOpenDuration !== undefined && { breakerOpenDurationMax: undefined }),
+          ...dropUndefined(options ?? {})
+        })
+      )
     )
   )
 

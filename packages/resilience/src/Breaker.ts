@@ -25,10 +25,12 @@
  * **Recovering fast from short outages**
  *
  * A fixed open period of 60 s (the seed's) keeps every caller failing for a
- * minute after a 5-second restart. An exponential open duration, for example
- * `Breaker.exponentialOpenDuration({ from: "1 second", max: "60 seconds" })`,
- * probes after 1 s, then 2 s, 4 s... while the outage lasts, and recovers
- * about a second after the server is back.
+ * minute after a 5-second restart. The profiles' default is exponential,
+ * `Breaker.exponentialOpenDuration({ from: "1 second", max: "60 seconds" })`:
+ * a caller's call is let through as the half-open probe after 1 s, then 2 s,
+ * 4 s... while the outage lasts, with 60 s as the ceiling. And a probe from
+ * outside (`Local.probeSucceeded`, which `@sturdy/pg`'s health monitor calls)
+ * closes the circuit as soon as the server answers, with no caller's call.
  *
  * **Gotchas**
  *
@@ -171,6 +173,18 @@ export interface Service {
 export interface Local {
   readonly admit: (key: string) => Admission
   readonly record: (key: string, generation: number, outcome: Outcome) => void
+  /**
+   * Asks again for a call admitted with `generation` that waited (for a pooled
+   * connection) before it could start: the rejection if the circuit has since
+   * left the state that admitted it, `undefined` if the call may go on.
+   */
+  readonly recheck: (key: string, generation: number) => Extract<Admission, { _tag: "Rejected" }> | undefined
+  /**
+   * A probe outside the breaker (the health monitor's) reached the server:
+   * an open or half-open circuit closes now instead of waiting for its open
+   * duration and a caller's call.
+   */
+  readonly probeSucceeded: (key: string) => void
 }
 
 /**
@@ -300,6 +314,17 @@ const open = (cell: Cell, from: "Closed" | "HalfOpen", now: number, openFor: (n:
   }
 }
 
+const close = (cell: Cell, now: number): Transition => {
+  cell.state = "Closed"
+  cell.generation++
+  cell.probing = false
+  cell.resetAt = now + cell.lastOpenFor
+  cell.streak = 0
+  cell.ring = []
+  cell.ringFailures = 0
+  return { key: cell.key, from: "HalfOpen", to: "Closed" }
+}
+
 /**
  * Records the outcome of a call admitted with `generation`; a call admitted
  * before the circuit last changed state is not counted.
@@ -323,17 +348,8 @@ export const record = (
         return undefined
       case "Failure":
         return open(cell, "HalfOpen", now(), openFor)
-      case "Success": {
-        const time = now()
-        cell.state = "Closed"
-        cell.generation++
-        cell.probing = false
-        cell.resetAt = time + cell.lastOpenFor
-        cell.streak = 0
-        cell.ring = []
-        cell.ringFailures = 0
-        return { key: cell.key, from: "HalfOpen", to: "Closed" }
-      }
+      case "Success":
+        return close(cell, now())
     }
   }
   if (cell.state !== "Closed" || outcome === "Ignored") return undefined
@@ -356,6 +372,40 @@ export const record = (
     cell.ringFailures / cell.ring.length >= policy.threshold
     ? open(cell, "Closed", now(), openFor)
     : undefined
+}
+
+/**
+ * The rejection for a call admitted with `generation` that is about to start
+ * late, or `undefined` if it may start: the circuit is still in the state that
+ * admitted it, or closed.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const recheck = (
+  cell: Cell,
+  generation: number,
+  now: () => number
+): Extract<Admission, { _tag: "Rejected" }> | undefined => {
+  if (cell.generation === generation || cell.state === "Closed") return undefined
+  return cell.state === "Open"
+    ? { _tag: "Rejected", retryAfterMillis: Math.max(0, cell.openUntil - now()), probing: false }
+    : { _tag: "Rejected", retryAfterMillis: 0, probing: true }
+}
+
+/**
+ * Closes an open or half-open circuit because a probe outside the breaker
+ * reached the server; the calls admitted before are not counted. Returns the
+ * transitions, in effect's vocabulary (`Open -> HalfOpen -> Closed`).
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const probeSucceeded = (cell: Cell, now: () => number): ReadonlyArray<Transition> => {
+  if (cell.state === "Closed") return []
+  const wasOpen = cell.state === "Open"
+  const closed = close(cell, now())
+  return wasOpen ? [{ key: cell.key, from: "Open", to: "HalfOpen" }, closed] : [closed]
 }
 
 /**
@@ -471,7 +521,11 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         return admission
       },
       record: (key, generation, outcome) =>
-        publish(record(cellFor(key), generation, outcome, options.tripPolicy, now, openFor))
+        publish(record(cellFor(key), generation, outcome, options.tripPolicy, now, openFor)),
+      recheck: (key, generation) => recheck(cellFor(key), generation, now),
+      probeSucceeded: (key) => {
+        for (const transition of probeSucceeded(cellFor(key), now)) publish(transition)
+      }
     }
   }
 })

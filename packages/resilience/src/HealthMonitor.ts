@@ -6,9 +6,13 @@
  *
  * Probe-agnostic: give it an effect that succeeds when the dependency is
  * healthy (`@sturdy/pg` supplies `SELECT 1` on a connection of its own). It
- * probes at start-up and then every `interval`, each probe bounded by
- * `timeout`, and keeps the latest `HealthCheckResult` in a `SubscriptionRef`:
- * `lastHealthCheck` reads it, `changes` streams every result.
+ * probes at start-up, then every `interval` while healthy and every
+ * `fastInterval` (500 ms by default) while unhealthy or while `probeFastWhile`
+ * says so, each probe bounded by `timeout`, and keeps the latest
+ * `HealthCheckResult` in a `SubscriptionRef`: `lastHealthCheck` reads it,
+ * `changes` streams every result. `checkSoon` cuts the current wait short:
+ * call it on any sign of trouble (a dropped connection, an opened breaker) so
+ * readiness follows the dependency within a probe, not within an interval.
  *
  * **Where it belongs in a stack**
  *
@@ -27,7 +31,19 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, Layer, Predicate, Schema, type Scope, Stream, SubscriptionRef } from "effect"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Layer,
+  Predicate,
+  Queue,
+  Schema,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
 
 /**
  * The seed's `HealthCheckResult`.
@@ -67,6 +83,10 @@ export interface Options<E> {
   /** Succeeds when the dependency is healthy. */
   readonly probe: Effect.Effect<unknown, E>
   readonly interval: Duration.Input
+  /** The interval while unhealthy or while `probeFastWhile` is true. Default: 500 ms, or `interval` if shorter. */
+  readonly fastInterval?: Duration.Input | undefined
+  /** Probe at `fastInterval` while this is true, even when healthy (for example while a breaker is open). */
+  readonly probeFastWhile?: Effect.Effect<boolean> | undefined
   /** Bound on one probe; a probe that takes longer is unhealthy. */
   readonly timeout: Duration.Input
   readonly onStartup?: "degraded" | "fail" | undefined
@@ -84,6 +104,8 @@ export interface Service {
   readonly changes: Stream.Stream<HealthCheckResult>
   /** Probes now, publishes and returns the result. */
   readonly check: Effect.Effect<HealthCheckResult>
+  /** Ends the current wait: the next probe starts now (several calls before it starts make one probe). */
+  readonly checkSoon: Effect.Effect<void>
 }
 
 /**
@@ -111,6 +133,11 @@ export const make = Effect.fnUntraced(function* <E>(
 ): Effect.fn.Return<Service, StartupHealthCheckFailed, Scope.Scope> {
   const interval = positive("HealthMonitor.make", "interval", options.interval)
   const timeout = positive("HealthMonitor.make", "timeout", options.timeout)
+  const fastInterval =
+    options.fastInterval === undefined
+      ? Duration.min(interval, Duration.millis(500))
+      : positive("HealthMonitor.make", "fastInterval", options.fastInterval)
+  const probeFastWhile = options.probeFastWhile ?? Effect.succeed(false)
   const onStartup = options.onStartup ?? "degraded"
   if (onStartup !== "degraded" && onStartup !== "fail") {
     throw new RangeError(`HealthMonitor.make: onStartup must be "degraded" or "fail", got ${JSON.stringify(onStartup)}`)
@@ -167,12 +194,22 @@ export const make = Effect.fnUntraced(function* <E>(
     }
     return result
   })
-  yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(interval), check)))
+  // One pending wake-up at most: a burst of `checkSoon` makes one probe.
+  const wake = yield* Queue.sliding<void>(1)
+  const wait = Effect.gen(function* () {
+    const healthy = (yield* SubscriptionRef.get(ref)).status === "healthy"
+    const delay = healthy && !(yield* probeFastWhile) ? interval : fastInterval
+    yield* Effect.timeoutOption(Queue.take(wake), delay)
+  })
+  yield* Effect.forkScoped(Effect.forever(Effect.andThen(wait, check)))
 
   return {
     lastHealthCheck: SubscriptionRef.get(ref),
     changes: SubscriptionRef.changes(ref),
-    check
+    check,
+    checkSoon: Effect.sync(() => {
+      Queue.offerUnsafe(wake, undefined)
+    })
   }
 })
 

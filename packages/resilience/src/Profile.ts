@@ -13,7 +13,14 @@
  * | health check interval | 30 s | 60 s | `STURDY_HEALTH_CHECK_INTERVAL` |
  * | health check timeout | 5 s | 5 s | `STURDY_HEALTH_CHECK_TIMEOUT` |
  * | breaker: consecutive failed attempts that open it | 5 | 5 | `STURDY_BREAKER_FAILURES` |
- * | breaker: open duration | 60 s | 60 s | `STURDY_BREAKER_OPEN_DURATION` |
+ * | breaker: first open duration (doubles with each consecutive opening) | 1 s | 1 s | `STURDY_BREAKER_OPEN_DURATION` |
+ * | breaker: ceiling of the open duration (the seed's 60 s) | 60 s | 60 s | `STURDY_BREAKER_OPEN_DURATION_MAX` |
+ *
+ * Setting only the first open duration pins it (the ceiling follows it):
+ * `STURDY_BREAKER_OPEN_DURATION=60s` is the seed's fixed minute. While the
+ * breaker is open, `@sturdy/pg` probes the server itself and closes it as soon
+ * as the server answers, so the open duration only bounds how long callers
+ * wait when nothing else notices the recovery.
  *
  * The profile is `STURDY_PROFILE` when set (`development` or `production`,
  * anything else is an error), otherwise `production` when `NODE_ENV` is
@@ -29,6 +36,7 @@
  * @since 0.1.0
  */
 import { Config, Duration, Option, Schedule, Schema } from "effect"
+import * as Breaker from "./Breaker.ts"
 
 /**
  * @since 0.1.0
@@ -56,8 +64,14 @@ export interface Profile {
   readonly healthCheckTimeout: Duration.Duration
   /** Consecutive failed attempts that open the circuit breaker. */
   readonly breakerFailures: number
-  /** How long the breaker stays open: a duration, or a schedule over consecutive openings. */
+  /**
+   * How long the breaker stays open the first time: it doubles with each
+   * consecutive opening up to `breakerOpenDurationMax`. A schedule over
+   * consecutive openings replaces both.
+   */
   readonly breakerOpenDuration: Duration.Duration | Schedule.Schedule<unknown, number>
+  /** The ceiling of the open duration. */
+  readonly breakerOpenDurationMax: Duration.Duration
 }
 
 /**
@@ -73,7 +87,8 @@ export const development: Profile = {
   healthCheckInterval: Duration.seconds(30),
   healthCheckTimeout: Duration.seconds(5),
   breakerFailures: 5,
-  breakerOpenDuration: Duration.seconds(60)
+  breakerOpenDuration: Duration.seconds(1),
+  breakerOpenDurationMax: Duration.seconds(60)
 }
 
 /**
@@ -89,7 +104,8 @@ export const production: Profile = {
   healthCheckInterval: Duration.seconds(60),
   healthCheckTimeout: Duration.seconds(5),
   breakerFailures: 5,
-  breakerOpenDuration: Duration.seconds(60)
+  breakerOpenDuration: Duration.seconds(1),
+  breakerOpenDurationMax: Duration.seconds(60)
 }
 
 /**
@@ -112,7 +128,9 @@ export interface Overrides {
   readonly healthCheckInterval?: Duration.Input | undefined
   readonly healthCheckTimeout?: Duration.Input | undefined
   readonly breakerFailures?: number | undefined
+  /** Given alone, a duration pins the open duration (the ceiling follows it). */
   readonly breakerOpenDuration?: Duration.Input | Schedule.Schedule<unknown, number> | undefined
+  readonly breakerOpenDurationMax?: Duration.Input | undefined
 }
 
 const positive = (fn: string, key: string, input: Duration.Input): Duration.Duration => {
@@ -144,6 +162,22 @@ export const override = (profile: Profile, overrides: Overrides, fn = "Profile.o
     throw new RangeError(`${fn}: breakerFailures must be an integer >= 1, got ${breakerFailures}`)
   }
   const openDuration = overrides.breakerOpenDuration ?? profile.breakerOpenDuration
+  const breakerOpenDuration = Schedule.isSchedule(openDuration)
+    ? openDuration
+    : positive(fn, "breakerOpenDuration", openDuration)
+  const breakerOpenDurationMax = positive(
+    fn,
+    "breakerOpenDurationMax",
+    overrides.breakerOpenDurationMax ??
+      (overrides.breakerOpenDuration !== undefined && !Schedule.isSchedule(breakerOpenDuration)
+        ? breakerOpenDuration
+        : profile.breakerOpenDurationMax)
+  )
+  if (!Schedule.isSchedule(breakerOpenDuration) && Duration.isLessThan(breakerOpenDurationMax, breakerOpenDuration)) {
+    throw new RangeError(
+      `${fn}: breakerOpenDurationMax must be >= breakerOpenDuration, got ${Duration.format(breakerOpenDurationMax)} < ${Duration.format(breakerOpenDuration)}`
+    )
+  }
   return {
     name: profile.name,
     retriesAfterFirst: retries,
@@ -157,9 +191,8 @@ export const override = (profile: Profile, overrides: Overrides, fn = "Profile.o
     ),
     healthCheckTimeout: positive(fn, "healthCheckTimeout", overrides.healthCheckTimeout ?? profile.healthCheckTimeout),
     breakerFailures,
-    breakerOpenDuration: Schedule.isSchedule(openDuration)
-      ? openDuration
-      : positive(fn, "breakerOpenDuration", openDuration)
+    breakerOpenDuration,
+    breakerOpenDurationMax
   }
 }
 
@@ -212,7 +245,8 @@ export const config: Config.Config<Profile> = Config.all({
   breakerFailures: Config.option(
     Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_BREAKER_FAILURES")
   ),
-  breakerOpenDuration: durationWhere("STURDY_BREAKER_OPEN_DURATION", "a positive duration", (ms) => ms > 0)
+  breakerOpenDuration: durationWhere("STURDY_BREAKER_OPEN_DURATION", "a positive duration", (ms) => ms > 0),
+  breakerOpenDurationMax: durationWhere("STURDY_BREAKER_OPEN_DURATION_MAX", "a positive duration", (ms) => ms > 0)
 }).pipe(
   Config.map(({ name, ...values }) =>
     override(byName(name), {
@@ -223,10 +257,24 @@ export const config: Config.Config<Profile> = Config.all({
       healthCheckInterval: Option.getOrUndefined(values.healthCheckInterval),
       healthCheckTimeout: Option.getOrUndefined(values.healthCheckTimeout),
       breakerFailures: Option.getOrUndefined(values.breakerFailures),
-      breakerOpenDuration: Option.getOrUndefined(values.breakerOpenDuration)
+      breakerOpenDuration: Option.getOrUndefined(values.breakerOpenDuration),
+      breakerOpenDurationMax: Option.getOrUndefined(values.breakerOpenDurationMax)
     })
   )
 )
+
+/**
+ * The breaker's open duration for `Breaker.make`: fixed when the first
+ * duration equals the ceiling, otherwise doubling from one to the other.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const openDuration = (profile: Profile): Duration.Duration | Schedule.Schedule<unknown, number> => {
+  const first = profile.breakerOpenDuration
+  if (Schedule.isSchedule(first) || Duration.equals(first, profile.breakerOpenDurationMax)) return first
+  return Breaker.exponentialOpenDuration({ from: first, max: profile.breakerOpenDurationMax })
+}
 
 /**
  * The delays of a profile's retry schedule, for `Retry.backoff`.

@@ -182,3 +182,76 @@ describe("Breaker options", () => {
     })
   )
 })
+
+describe("Breaker state machine: recheck and probeSucceeded", () => {
+  const policy = Breaker.consecutive(2)
+  const openFor = () => 1000
+  const opened = (time: { now: number }) => {
+    const cell = Breaker.makeCell(key)
+    const now = () => time.now
+    const first = Breaker.admit(cell, now)
+    assert.strictEqual(first._tag, "Admitted")
+    const generation = first._tag === "Admitted" ? first.generation : -1
+    Breaker.record(cell, generation, "Failure", policy, now, openFor)
+    Breaker.record(cell, generation, "Failure", policy, now, openFor)
+    assert.strictEqual(cell.state, "Open")
+    return { cell, now, generation }
+  }
+
+  it("a call admitted while closed is rejected by recheck once the circuit has opened; a closed circuit lets it go", () => {
+    const time = { now: 0 }
+    const cell = Breaker.makeCell(key)
+    const now = () => time.now
+    const admitted = Breaker.admit(cell, now)
+    const generation = admitted._tag === "Admitted" ? admitted.generation : -1
+    assert.isUndefined(Breaker.recheck(cell, generation, now))
+    const { cell: open, generation: stale } = opened(time)
+    time.now = 300
+    assert.deepStrictEqual(Breaker.recheck(open, stale, now), {
+      _tag: "Rejected",
+      retryAfterMillis: 700,
+      probing: false
+    })
+  })
+
+  it("the half-open probe itself passes recheck; others waiting are rejected as probing", () => {
+    const time = { now: 0 }
+    const { cell, now } = opened(time)
+    time.now = 1000
+    const probe = Breaker.admit(cell, now)
+    assert.strictEqual(probe._tag, "Admitted")
+    const generation = probe._tag === "Admitted" ? probe.generation : -1
+    assert.isUndefined(Breaker.recheck(cell, generation, now))
+    assert.deepStrictEqual(Breaker.recheck(cell, -1, now), { _tag: "Rejected", retryAfterMillis: 0, probing: true })
+  })
+
+  it("probeSucceeded closes an open circuit (Open -> HalfOpen -> Closed) and ignores the calls admitted before", () => {
+    const time = { now: 0 }
+    const { cell, now, generation } = opened(time)
+    time.now = 200
+    const transitions = Breaker.probeSucceeded(cell, now)
+    assert.deepStrictEqual(
+      transitions.map((t) => `${t.from}->${t.to}`),
+      ["Open->HalfOpen", "HalfOpen->Closed"]
+    )
+    assert.strictEqual(cell.state, "Closed")
+    // A failure admitted before the circuit opened does not count towards the next opening.
+    Breaker.record(cell, generation, "Failure", policy, now, openFor)
+    assert.strictEqual(cell.streak, 0)
+    assert.deepStrictEqual(Breaker.probeSucceeded(cell, now), [])
+  })
+
+  it("probeSucceeded on a half-open circuit closes it; the in-flight probe's late outcome is not counted", () => {
+    const time = { now: 0 }
+    const { cell, now } = opened(time)
+    time.now = 1000
+    const probe = Breaker.admit(cell, now)
+    const generation = probe._tag === "Admitted" ? probe.generation : -1
+    assert.deepStrictEqual(
+      Breaker.probeSucceeded(cell, now).map((t) => `${t.from}->${t.to}`),
+      ["HalfOpen->Closed"]
+    )
+    assert.isUndefined(Breaker.record(cell, generation, "Failure", policy, now, openFor))
+    assert.strictEqual(cell.state, "Closed")
+  })
+})

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Profile } from "@sturdy/resilience"
-import { ConfigProvider, Duration, Effect, Exit } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Schedule } from "effect"
 
 const load = (env: Record<string, string>) => Effect.exit(Profile.config.parse(ConfigProvider.fromEnv({ env })))
 
@@ -90,4 +90,60 @@ describe("Profile.config", () => {
       "Profile.override: attemptTimeout must be a positive finite duration, got 0"
     )
   })
+
+  it("the open duration doubles from 1 s to the seed's 60 s by default; given alone, a duration pins it", () =>
+    Effect.gen(function* () {
+      const delays = (profile: Profile.Profile) =>
+        Effect.gen(function* () {
+          const duration = Profile.openDuration(profile)
+          if (!Schedule.isSchedule(duration)) return [Duration.toMillis(duration)]
+          const step = yield* Schedule.toStep(duration)
+          const out: Array<number> = []
+          let now = 0
+          for (let attempt = 1; attempt <= 8; attempt++) {
+            const [, delay] = yield* step(now, attempt)
+            out.push(Duration.toMillis(delay))
+            now += Duration.toMillis(delay)
+          }
+          return out
+        })
+      assert.deepStrictEqual(yield* delays(Profile.production), [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000])
+      assert.deepStrictEqual(
+        yield* delays(Profile.override(Profile.development, { breakerOpenDuration: "60 seconds" })),
+        [60000]
+      )
+      assert.deepStrictEqual(
+        yield* delays(
+          Profile.override(Profile.development, {
+            breakerOpenDuration: "5 seconds",
+            breakerOpenDurationMax: "12 seconds"
+          })
+        ),
+        [5000, 10000, 12000, 12000, 12000, 12000, 12000, 12000]
+      )
+      assert.throws(
+        () =>
+          Profile.override(Profile.development, {
+            breakerOpenDuration: "5 seconds",
+            breakerOpenDurationMax: "1 second"
+          }),
+        "Profile.override: breakerOpenDurationMax must be >= breakerOpenDuration, got 1s < 5s"
+      )
+    }).pipe(Effect.runPromise))
+
+  it.effect(
+    "STURDY_BREAKER_OPEN_DURATION alone pins the open duration; with STURDY_BREAKER_OPEN_DURATION_MAX it is the first of a doubling",
+    () =>
+      Effect.gen(function* () {
+        const pinned = yield* load({ STURDY_BREAKER_OPEN_DURATION: "30 seconds" })
+        assert.isTrue(Exit.isSuccess(pinned))
+        if (Exit.isSuccess(pinned)) assert.strictEqual(Duration.toMillis(pinned.value.breakerOpenDurationMax), 30_000)
+        const ranged = yield* load({
+          STURDY_BREAKER_OPEN_DURATION: "2 seconds",
+          STURDY_BREAKER_OPEN_DURATION_MAX: "20 seconds"
+        })
+        assert.isTrue(Exit.isSuccess(ranged))
+        if (Exit.isSuccess(ranged)) assert.strictEqual(Duration.toMillis(ranged.value.breakerOpenDurationMax), 20_000)
+      })
+  )
 })

@@ -40,7 +40,12 @@ export interface LogCapture {
   /** Replaces the loggers of whatever it is provided to with the capture. */
   readonly layer: Layer.Layer<never>
   readonly entries: Effect.Effect<ReadonlyArray<Entry>>
-  /** Takes captured lines in order, each at most once across calls, until one satisfies the predicate (waiting for more if needed); returns it. */
+  /**
+   * The earliest captured line that satisfies the predicate and that no
+   * earlier call returned, waiting for more lines if none does yet. Lines that
+   * do not match stay available to later calls, so background events (health
+   * checks, breaker transitions) can be awaited in any order.
+   */
   readonly waitFor: (predicate: (entry: Entry) => boolean) => Effect.Effect<Entry>
   /** Every captured line rendered as one string, messages, annotations and causes included. */
   readonly text: Effect.Effect<string>
@@ -63,8 +68,17 @@ export const make: Effect.Effect<LogCapture> = Effect.gen(function* () {
     entries.push(captured)
     Queue.offerUnsafe(queue, captured)
   })
+  const returned = new Set<Entry>()
   const waitFor = (predicate: (entry: Entry) => boolean): Effect.Effect<Entry> =>
-    Effect.flatMap(Queue.take(queue), (entry) => (predicate(entry) ? Effect.succeed(entry) : waitFor(predicate)))
+    Effect.suspend(() => {
+      const found = entries.find((entry) => !returned.has(entry) && predicate(entry))
+      if (found !== undefined) {
+        returned.add(found)
+        return Effect.succeed(found)
+      }
+      // Wake on the next captured line and look again.
+      return Effect.flatMap(Queue.take(queue), () => waitFor(predicate))
+    })
   return {
     layer: Logger.layer([logger]),
     entries: Effect.sync(() => entries.slice()),

@@ -26,6 +26,8 @@ export interface PoolLike {
   readonly use: <A, E, R>(
     f: (connection: PgConnection.PgConnection) => Effect.Effect<A, E, R>
   ) => Effect.Effect<A, E | SqlError, R>
+  /** Retires a session: the pool replaces it instead of lending it again. */
+  readonly invalidate: (connection: PgConnection.PgConnection) => Effect.Effect<void>
 }
 
 export interface Options {
@@ -52,8 +54,11 @@ export class Call {
   builder: ((connection: Connection) => Effect.Effect<unknown, unknown, unknown>) | undefined = undefined
   sent = false
   attempts = 0
+  /** The breaker generation that admitted the current attempt. */
   generation = 0
   timedOut = false
+  /** A cancel request was sent for the current attempt's statement. */
+  cancelSent = false
   deadline = 0
   connection: PgConnection.PgConnection | undefined = undefined
   /** Holds one of the stack's slots (one per pooled connection) until the attempt settles. */
@@ -124,21 +129,60 @@ export class SqlConnection implements Connection {
    * into a defect that hides the caller's typed error.
    */
   broken = false
-  constructor(connection: PgConnection.PgConnection, call: Call | undefined) {
+  /** Statements bound to a call: retires the session a cancel request was sent on (see `finished`). */
+  readonly retire: ((connection: PgConnection.PgConnection) => Effect.Effect<void>) | undefined
+  /** Sessions that outlive a statement: run right after `BEGIN` (the transaction's `SET LOCAL statement_timeout`). */
+  readonly afterBegin: string | undefined
+  constructor(
+    connection: PgConnection.PgConnection,
+    call: Call | undefined,
+    retire?: (connection: PgConnection.PgConnection) => Effect.Effect<void>,
+    afterBegin?: string
+  ) {
     this.connection = connection
     this.call = call
+    this.retire = retire
+    this.afterBegin = afterBegin
+  }
+  /**
+   * The statement ended, before the pool takes the session back: from now on
+   * the watchdog must not cancel through this session, since its next
+   * statement belongs to someone else. Once a cancel request was sent, a
+   * failure (57014, possibly from the server's own statement_timeout, which
+   * the driver takes for the cancel's confirmation) cannot tell whether the
+   * cancel has landed yet: the session is retired so a late cancel can never
+   * hit an innocent statement. (After a success the driver retires it itself.)
+   */
+  private finished(call: Call): void {
+    call.list?.remove(call)
+    call.connection = undefined
   }
   private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
-    if (this.call !== undefined) {
-      this.call.sql = sql
-      return effect
+    const call = this.call
+    if (call !== undefined) {
+      call.sql = sql
+      return Effect.matchEffect(effect, {
+        onSuccess: (value) => {
+          this.finished(call)
+          return Effect.succeed(value)
+        },
+        onFailure: (error) => {
+          this.finished(call)
+          return call.cancelSent && this.retire !== undefined
+            ? Effect.andThen(this.retire(this.connection), Effect.fail(error))
+            : Effect.fail(error)
+        }
+      })
     }
-    return Effect.catch(effect, (error) => {
+    const watched = Effect.catch(effect, (error) => {
       if (!PgFailure.sessionLost(error)) return Effect.fail(error)
       this.broken = true
       // The session is gone, and the transaction with it: there is nothing left to roll back.
       return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
     })
+    return this.afterBegin !== undefined && beginStatement.test(sql)
+      ? Effect.tap(watched, () => this.connection.query(this.afterBegin!, []))
+      : watched
   }
   private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
     return this.watch(
@@ -181,6 +225,7 @@ export class SqlConnection implements Connection {
 }
 
 const rollbackStatement = /^\s*ROLLBACK\b/i
+const beginStatement = /^\s*(BEGIN|START\s+TRANSACTION)\b/i
 
 // --- The text of a statement that never reached a connection ---------------------------------------------------
 // `@effect/sql` compiles a statement before borrowing a connection and hands the borrower a builder that calls
@@ -248,6 +293,8 @@ export interface Stack {
     acquire: Effect.Effect<A, SqlError, Scope.Scope>,
     operation: string
   ) => Effect.Effect<A, SqlError, Scope.Scope>
+  /** The rejection a new connection gets while the circuit is open; `undefined` when it may connect. */
+  readonly connectionGate: () => Breaker.CircuitOpen | undefined
   readonly inUse: () => number
   readonly waiting: () => number
 }
@@ -275,6 +322,8 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       recorder.timeouts++
       if (call.connection !== undefined) {
         // Ask the server to cancel; if the network is silent, end the session after a grace period.
+        // (A multiplexed session's interrupt does nothing: its statement_timeout is the cancellation.)
+        call.cancelSent = options.statementsPerConnection === 1
         runFork(call.connection.interrupt)
         call.deadline = now + graceMillis
         cancelled.add(call)
@@ -299,6 +348,8 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   /** What a failed attempt means for the retry: a transient failure, an unknown outcome, or the original error. */
   const decide = (error: unknown, call: Call, idempotency: "auto" | "idempotent" | "not-idempotent"): unknown => {
+    // The connection gate refused to open a socket: the circuit opened while this attempt was on its way.
+    if (isSqlError(error) && isCircuitOpen(error.reason.cause)) return error.reason.cause
     let reason: PgFailure.TransientReason | undefined = Predicate.isTagged(error, "AttemptTimeout")
       ? (error as Transient.AttemptTimeout)
       : isSqlError(error)
@@ -326,6 +377,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
    * session lost mid-statement and a read-only refusal are ignored.
    */
   const breakerOutcome = (failure: unknown): Breaker.Outcome => {
+    if (isCircuitOpen(failure)) return "Ignored"
     if (!isTransientError(failure) && !Predicate.isTagged(failure, "OutcomeUnknown")) {
       recorder.consecutiveFailures = 0
       return "Success"
@@ -380,6 +432,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     if (++call.attempts > 1) recorder.retries++
     call.sent = false
     call.timedOut = false
+    call.cancelSent = false
     call.connection = undefined
   }
 
@@ -446,10 +499,24 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       inUse++
       call.sent = true
       call.connection = connection
-      return f(new SqlConnection(connection, call))
+      return f(new SqlConnection(connection, call, pool.invalidate))
     })
     const wait = takeSlot(call)
-    return wait === undefined ? use : Effect.andThen(wait, use)
+    if (wait === undefined) return use
+    return Effect.andThen(
+      wait,
+      Effect.suspend((): Effect.Effect<A, E | SqlError | Breaker.CircuitOpen, R> => afterWaiting(call) ?? use)
+    )
+  }
+
+  /**
+   * A call that waited for a slot asks the breaker again before it connects:
+   * the circuit may have opened while it waited, and 40 parked calls must not
+   * each try a dead server the moment a slot frees.
+   */
+  const afterWaiting = (call: Call): Effect.Effect<never, Breaker.CircuitOpen> | undefined => {
+    const rejected = local?.recheck(key, call.generation)
+    return rejected === undefined ? undefined : Effect.fail(rejection(rejected).error)
   }
 
   /** One attempt through the in-process breaker, its outcome recorded synchronously. */
@@ -470,6 +537,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     generation: number
   ): Effect.Effect<A, unknown, R> => {
     startAttempt(call)
+    call.generation = generation
     return Effect.matchCauseEffect(run(call, f), {
       onSuccess: (value) => {
         attemptSucceeded(call, localBreaker, generation)
@@ -671,6 +739,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           // The common case, inlined: the first attempt's outcome settles the call, with one continuation.
           startAttempt(call)
           const generation = admission.generation
+          call.generation = generation
           return Effect.matchCauseEffect(run(call, f), {
             onSuccess: (value) => {
               attemptSucceeded(call, local, generation)
@@ -730,18 +799,26 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           // slot back at once, so retries in the same scope do not pile slots up. The wait itself stays
           // interruptible, so the timeout below can end it.
           const wait = takeSlot(call)
-          const slotAndConnection = Effect.onExit(wait === undefined ? get : Effect.andThen(wait, get), (exit) => {
-            waiting--
-            call.parked = false
-            if (Exit.isFailure(exit)) return Effect.sync(() => releaseSlot(call))
-            inUse++
-            return Effect.addFinalizer(() =>
-              Effect.sync(() => {
-                inUse--
-                releaseSlot(call)
-              })
-            )
+          const afterWait = Effect.suspend((): Effect.Effect<A, SqlError | Breaker.CircuitOpen, Scope.Scope> => {
+            // As for statements (`afterWaiting`): the circuit may have opened while this waited for a slot.
+            const rejected = local?.recheck(key, -1)
+            return rejected === undefined ? get : Effect.fail(rejection(rejected).error)
           })
+          const slotAndConnection = Effect.onExit(
+            wait === undefined ? get : Effect.andThen(wait, afterWait),
+            (exit) => {
+              waiting--
+              call.parked = false
+              if (Exit.isFailure(exit)) return Effect.sync(() => releaseSlot(call))
+              inUse++
+              return Effect.addFinalizer(() =>
+                Effect.sync(() => {
+                  inUse--
+                  releaseSlot(call)
+                })
+              )
+            }
+          )
           return Effect.timeoutOrElse(slotAndConnection, {
             duration: profile.attemptTimeout,
             orElse: () =>
@@ -763,5 +840,18 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
     )
 
-  return { borrower, acquire, inUse: () => inUse, waiting: () => waiting }
+  /**
+   * Whether a new connection may be opened now: the rejection while the circuit
+   * is open, so that no attempt admitted before it opened (a call the pool
+   * itself retries, a call that waited for a slot) reaches a server the breaker
+   * has given up on. Half-open lets the probe through.
+   */
+  const connectionGate = (): Breaker.CircuitOpen | undefined => {
+    const rejected = local?.recheck(key, -1)
+    return rejected !== undefined && !rejected.probing && rejected.retryAfterMillis > 0
+      ? rejection(rejected).error
+      : undefined
+  }
+
+  return { borrower, acquire, connectionGate, inUse: () => inUse, waiting: () => waiting }
 })
