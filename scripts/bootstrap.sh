@@ -1,7 +1,8 @@
 # Brings what Sturdy needs when the machine lacks it: Node.js >= 22.19 and the
 # pinned pnpm, both from the npm registry (a machine with Node 20 and npm is
-# enough), and Debian's chromium for the dashboard's browser test (apt-get, as
-# root or through sudo). Source it, so the PATH it sets stays in your shell:
+# enough), and Debian's chromium (the dashboard's browser test) and pgbouncer
+# (the PgBouncer tests), with apt-get as root or through sudo. Source it, so
+# the PATH it sets stays in your shell:
 #
 #   source scripts/bootstrap.sh
 #
@@ -41,18 +42,25 @@ sturdy_bootstrap() {
     npm install --prefix "$tools/pnpm-$pnpm_version" --no-audit --no-fund --loglevel=error "pnpm@$pnpm_version" >&2 || return 1
     export PATH="$tools/pnpm-$pnpm_version/node_modules/.bin:$PATH"
   fi
-  if ! command -v chromium >/dev/null 2>&1; then
+  # Debian packages the tests need: chromium for the dashboard's browser test, pgbouncer for the PgBouncer
+  # tests. Debian puts pgbouncer in /usr/sbin, which a non-root PATH may lack: look there too.
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
+  if [ "${#missing[@]}" -gt 0 ]; then
     local sudo=""
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
     if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
-      echo "bootstrap: installing chromium (apt-get) for the dashboard's browser test" >&2
+      echo "bootstrap: installing ${missing[*]} with apt-get (chromium: the dashboard's browser test; pgbouncer: the PgBouncer tests)" >&2
       $sudo apt-get update -qq >&2 &&
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >&2 || return 1
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || return 1
     else
-      echo "bootstrap: chromium is missing and cannot be installed here (needs apt-get as root or sudo); the dashboard test will fail" >&2
+      echo "bootstrap: ${missing[*]} missing and cannot be installed here (needs apt-get as root or sudo); the tests that need them will fail" >&2
     fi
   fi
-  echo "bootstrap: node $(node --version), pnpm $(pnpm --version), $(chromium --version 2>/dev/null || echo 'no chromium')" >&2
+  local pgbouncer_version
+  pgbouncer_version="$({ pgbouncer --version || /usr/sbin/pgbouncer --version; } 2>/dev/null | head -n 1)"
+  echo "bootstrap: node $(node --version), pnpm $(pnpm --version), $(chromium --version 2>/dev/null || echo 'no chromium'), ${pgbouncer_version:-no pgbouncer}" >&2
 }
 
 sturdy_bootstrap

@@ -127,12 +127,14 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
    */
   readonly sentPhaseRetry?: "safe" | "always" | undefined
   /**
-   * What a retry does when the breaker rejects its attempt: `"fail-fast"`
-   * (default) ends the call with `CircuitOpen` at once; `"wait-and-retry"`
-   * counts the rejection as a failed attempt and waits at least the
-   * rejection's `retryAfter` before the next one, within the profile's
-   * retries, so calls ride out outages shorter than their retry budget while
-   * the breaker keeps every attempt but its probe off the server.
+   * What a call does when the breaker rejects its attempt:
+   * `"wait-and-retry"` (default) counts the rejection as a failed attempt and
+   * waits at least the rejection's `retryAfter` before the next one, within
+   * the profile's retries, so calls ride out outages shorter than their retry
+   * budget (a 3 s restart, a failover) while the breaker keeps every attempt
+   * but its probes off the server; `"fail-fast"` ends the call with
+   * `CircuitOpen` at once, for callers that would rather answer "try later"
+   * than wait.
    */
   readonly whenCircuitOpen?: "fail-fast" | "wait-and-retry" | undefined
   /**
@@ -482,7 +484,7 @@ const validateOptions = (options: Options): Profile.Profile => {
   if (sentPhaseRetry !== "safe" && sentPhaseRetry !== "always") {
     throw new RangeError(`${fn}: sentPhaseRetry must be "safe" or "always", got ${JSON.stringify(sentPhaseRetry)}`)
   }
-  const whenCircuitOpen = options.whenCircuitOpen ?? "fail-fast"
+  const whenCircuitOpen = options.whenCircuitOpen ?? "wait-and-retry"
   if (whenCircuitOpen !== "fail-fast" && whenCircuitOpen !== "wait-and-retry") {
     throw new RangeError(
       `${fn}: whenCircuitOpen must be "fail-fast" or "wait-and-retry", got ${JSON.stringify(whenCircuitOpen)}`
@@ -732,7 +734,7 @@ export const make = Effect.fnUntraced(function* (
     statementsPerConnection: options.multiplex === true ? (options.multiplexConcurrency ?? 32) : 1,
     profile,
     sentPhaseRetry,
-    whenCircuitOpen: options.whenCircuitOpen ?? "fail-fast",
+    whenCircuitOpen: options.whenCircuitOpen ?? "wait-and-retry",
     breaker,
     key,
     recorder,
@@ -1060,7 +1062,7 @@ const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<
  * | `STURDY_RETRIES`, `STURDY_BACKOFF_BASE`, `STURDY_BACKOFF_JITTER`, `STURDY_ATTEMPT_TIMEOUT`, `STURDY_HEALTH_CHECK_INTERVAL` | profile overrides | the profile's |
  * | `STURDY_POOL_SIZE` | the pool's maximum connections, integer >= 1 | 10 |
  * | `STURDY_SENT_PHASE_RETRY` | `safe` or `always` | `safe` |
- * | `STURDY_WHEN_CIRCUIT_OPEN` | `fail-fast` or `wait-and-retry` | `fail-fast` |
+ * | `STURDY_WHEN_CIRCUIT_OPEN` | `wait-and-retry` or `fail-fast` | `wait-and-retry` |
  * | `STURDY_HEALTH_ON_STARTUP` | `degraded` or `fail` | `degraded` |
  *
  * @since 0.1.0

@@ -7,7 +7,7 @@
  * Probe-agnostic: give it an effect that succeeds when the dependency is
  * healthy (`@sturdy/pg` supplies `SELECT 1` on a connection of its own). It
  * probes at start-up, then every `interval` while healthy and every
- * `fastInterval` (500 ms by default) while unhealthy or while `probeFastWhile`
+ * `fastInterval` (250 ms by default) while unhealthy or while `probeFastWhile`
  * says so, each probe bounded by `timeout`, and keeps the latest
  * `HealthCheckResult` in a `SubscriptionRef`: `lastHealthCheck` reads it,
  * `changes` streams every result. `checkSoon` cuts the current wait short:
@@ -83,7 +83,7 @@ export interface Options<E> {
   /** Succeeds when the dependency is healthy. */
   readonly probe: Effect.Effect<unknown, E>
   readonly interval: Duration.Input
-  /** The interval while unhealthy or while `probeFastWhile` is true. Default: 500 ms, or `interval` if shorter. */
+  /** The interval while unhealthy or while `probeFastWhile` is true. Default: 250 ms, or `interval` if shorter. */
   readonly fastInterval?: Duration.Input | undefined
   /** Probe at `fastInterval` while this is true, even when healthy (for example while a breaker is open). */
   readonly probeFastWhile?: Effect.Effect<boolean> | undefined
@@ -135,7 +135,7 @@ export const make = Effect.fnUntraced(function* <E>(
   const timeout = positive("HealthMonitor.make", "timeout", options.timeout)
   const fastInterval =
     options.fastInterval === undefined
-      ? Duration.min(interval, Duration.millis(500))
+      ? Duration.min(interval, Duration.millis(250))
       : positive("HealthMonitor.make", "fastInterval", options.fastInterval)
   const probeFastWhile = options.probeFastWhile ?? Effect.succeed(false)
   const onStartup = options.onStartup ?? "degraded"
