@@ -1,0 +1,106 @@
+import { assert, describe, layer } from "@effect/vitest"
+import { ResilientPg } from "@sturdy/pg"
+import { PgBouncer, PgServer } from "@sturdy/testing"
+import { Effect, Exit, Layer, Logger, type Redacted } from "effect"
+import { SqlClient } from "effect/sql"
+import { appName } from "./helpers.ts"
+
+/**
+ * Statements whose attempt deadline races their own completion, each followed
+ * at once by an unrelated statement on the same (only) connection. A cancel
+ * request that arrives late must never cancel that next statement.
+ */
+const race = (url: Redacted.Redacted<string>, options: Partial<ResilientPg.Options>, rounds: number) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    let timedOut = 0
+    let completed = 0
+    let innocentsCancelled = 0
+    const failures: Array<string> = []
+    for (let i = 0; i < rounds; i++) {
+      // Around the 60 ms deadline: sometimes it finishes first, sometimes the deadline does.
+      const seconds = (40 + Math.random() * 40) / 1000
+      const racer = yield* Effect.exit(sql`SELECT pg_sleep(${seconds})`)
+      if (Exit.isSuccess(racer)) completed++
+      else timedOut++
+      const next = yield* Effect.exit(sql`SELECT pg_sleep(0.004), 'innocent' AS statement`)
+      if (Exit.isFailure(next)) {
+        innocentsCancelled++
+        if (failures.length < 3) failures.push(String(Exit.isFailure(next) && next.cause))
+      }
+    }
+    return { timedOut, completed, innocentsCancelled, failures }
+  }).pipe(
+    Effect.provide(
+      ResilientPg.layer({
+        url,
+        applicationName: appName(),
+        maxConnections: 1,
+        attemptTimeout: "60 millis",
+        retriesAfterFirst: 0,
+        ...options
+      }).pipe(Layer.provide(Logger.layer([])))
+    )
+  )
+
+/** Several clients at once, each on its own single connection: `rounds` races in all. */
+const races = (url: Redacted.Redacted<string>, options: Partial<ResilientPg.Options>, rounds = 2000, clients = 10) =>
+  Effect.map(
+    Effect.forEach(Array.from({ length: clients }), () => race(url, options, Math.ceil(rounds / clients)), {
+      concurrency: "unbounded"
+    }),
+    (results) => ({
+      timedOut: results.reduce((n, r) => n + r.timedOut, 0),
+      completed: results.reduce((n, r) => n + r.completed, 0),
+      innocentsCancelled: results.reduce((n, r) => n + r.innocentsCancelled, 0),
+      failures: results.flatMap((r) => r.failures).slice(0, 3)
+    })
+  )
+
+describe("a cancel never hits an innocent statement", () => {
+  layer(PgServer.layer, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+    it.effect(
+      "2,000 deadlines racing their statement, direct, defaults: 0 next statements cancelled",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const result = yield* races(server.url, {})
+          process.stdout.write(`direct, defaults: ${JSON.stringify(result)}\n`)
+          // Both sides of the race happened, many times.
+          assert.isAbove(result.timedOut, 100)
+          assert.isAbove(result.completed, 100)
+          assert.strictEqual(result.innocentsCancelled, 0, result.failures.join("\n"))
+        }),
+      120_000
+    )
+
+    it.effect(
+      "with statement_timeout as a start-up parameter (the server's own 57014 races the cancel): 0 next statements cancelled",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const result = yield* races(server.url, { statementTimeoutVia: "startup" })
+          process.stdout.write(`direct, statementTimeoutVia startup: ${JSON.stringify(result)}\n`)
+          assert.isAbove(result.timedOut, 100)
+          assert.isAbove(result.completed, 100)
+          assert.strictEqual(result.innocentsCancelled, 0, result.failures.join("\n"))
+        }),
+      120_000
+    )
+
+    it.effect(
+      "2,000 deadlines racing their statement through PgBouncer in transaction mode, defaults: 0 next statements cancelled",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const bouncer = yield* PgBouncer.make(server, { poolMode: "transaction" })
+          const result = yield* races(bouncer.url, {})
+          process.stdout.write(`PgBouncer transaction mode, defaults: ${JSON.stringify(result)}\n`)
+          assert.isAbove(result.timedOut, 100)
+          assert.isAbove(result.completed, 100)
+          assert.strictEqual(result.innocentsCancelled, 0, result.failures.join("\n"))
+        }).pipe(Effect.scoped),
+      120_000
+    )
+  })
+})
