@@ -4,7 +4,7 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { Breaker } from "@sturdy/resilience"
+import { Profile } from "@sturdy/resilience"
 import { FaultProxy, type PgServer, ServerFaults } from "@sturdy/testing"
 import { Context, Deferred, Duration, Effect, Fiber, Layer, Redacted, Schedule, type Scope } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
@@ -102,27 +102,34 @@ export const faults: ReadonlyArray<Fault> = [
   }
 ]
 
-/** The policy the chaos clients run with: the development profile, scaled down so a cell takes seconds. */
+/**
+ * The policy the chaos clients run with: the development profile with its time scale shrunk so a cell takes
+ * seconds (backoff, attempt timeout, pool size). Everything else is the library's default: the breaker's open
+ * duration (1 s doubling to 60 s), `whenCircuitOpen`, the statement timeout, the health monitor.
+ */
 export const policy = {
   profile: "development",
   retriesAfterFirst: 3,
   backoffBase: Duration.millis(50),
   backoffJitter: Duration.millis(50),
   attemptTimeout: Duration.seconds(1),
-  breakerFailures: 5,
-  breakerOpenDuration: Breaker.exponentialOpenDuration({ from: "100 millis", max: "1 second" }),
-  healthCheckInterval: Duration.seconds(1),
   maxConnections: 4,
   connectTimeout: Duration.seconds(1)
 } as const satisfies Partial<ResilientPg.Options>
 
-/** The longest a call may take under `policy`: every attempt timing out, plus the longest backoff. */
+/**
+ * The longest a call may take under `policy`: every attempt timing out, plus the longest wait before each
+ * retry. A retry the open breaker rejected waits at least its `retryAfter` (`whenCircuitOpen: "wait-and-retry"`,
+ * the default), at most the n-th open duration: 1 s doubling (the profile's default).
+ */
 export const callBound = (() => {
-  let backoff = 0
+  const firstOpen = Profile.development.breakerOpenDuration as Duration.Duration
+  let waits = 0
   for (let n = 0; n < policy.retriesAfterFirst; n++) {
-    backoff += Duration.toMillis(policy.backoffBase) * 2 ** n + Duration.toMillis(policy.backoffJitter)
+    const backoff = Duration.toMillis(policy.backoffBase) * 2 ** n + Duration.toMillis(policy.backoffJitter)
+    waits += Math.max(backoff, Duration.toMillis(firstOpen) * 2 ** n)
   }
-  return (policy.retriesAfterFirst + 1) * Duration.toMillis(policy.attemptTimeout) + backoff
+  return (policy.retriesAfterFirst + 1) * Duration.toMillis(policy.attemptTimeout) + waits
 })()
 
 export interface Row {
