@@ -19,12 +19,22 @@
  * | `ReadOnlyTransaction` | SQLSTATE 25006 (a standby after a failover) |
  * | `ConnectionsNotAllowed` | SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance) |
  * | `StatementTimeout` | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
- * | `ConnectionClosed` | the connection closed with no SQLSTATE |
+ * | `ConnectionClosed` | the connection closed with no SQLSTATE (also PgBouncer's relay of a backend killed mid-statement, which the driver reports as "Unexpected ErrorResponse after ErrorResponse") |
+ * | `PoolerUnavailable` | a pooler answered for a server it cannot reach, or gave up waiting for one: PgBouncer's 08P01 `server login has been failing`, `pgbouncer cannot connect to server`, `server conn crashed?`, `query_wait_timeout`, `client_login_timeout`, its shutdown messages |
  * | `SerializationFailure` | SQLSTATE 40001, for whole transactions only |
  * | `Deadlock` | SQLSTATE 40P01, for whole transactions only |
  *
- * Anything else (a syntax error, a constraint violation, bad credentials, a
- * misconfiguration) is not transient and stays the driver's `SqlError`.
+ * PgBouncer sends every error with SQLSTATE 08P01, the server's refusals it
+ * relays included (their text kept): for 08P01 the message decides. A server
+ * refusal relayed that way (`too many connections`, `the database system is
+ * shutting down`) gets the reason the server's own SQLSTATE would have.
+ *
+ * A refusal of the client's configuration (bad credentials, an unknown
+ * database, a start-up parameter the pooler does not accept, the pooler's
+ * client limit) is not transient: `refusal` names it, and the client fails the
+ * call with `ConfigurationRefused`, once, without counting it as an outage.
+ * Anything else (a syntax error, a constraint violation) is not transient and
+ * stays the driver's `SqlError`.
  *
  * **Phase and outcome**
  *
@@ -106,6 +116,10 @@ export class ConnectionClosed extends Schema.TaggedError<ConnectionClosed>()("Co
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
+export class PoolerUnavailable extends Schema.TaggedError<PoolerUnavailable>()("PoolerUnavailable", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
 export class SerializationFailure extends Schema.TaggedError<SerializationFailure>()("SerializationFailure", fields) {
   readonly isRetryable = true
 }
@@ -140,6 +154,7 @@ export const TransientReason = Schema.Union([
   ConnectionsNotAllowed,
   StatementTimeout,
   ConnectionClosed,
+  PoolerUnavailable,
   SerializationFailure,
   Deadlock
 ])
@@ -229,9 +244,97 @@ const closedMessages = new Set([
   "PgConnection: Connection closed during startup",
   "PgConnection: Socket error",
   "PgConnection: Failed to write query",
-  "PgConnection: Failed to write query batch"
+  "PgConnection: Failed to write query batch",
+  // A pooler relaying a backend killed mid-statement: the server's 57P01, then the pooler's own error.
+  "PgConnection: Unexpected ErrorResponse after ErrorResponse"
 ])
 const connectTimeoutMessage = "PgConnection: Connection timed out"
+
+/**
+ * PgBouncer's own 08P01 messages (and the server refusals it relays with
+ * 08P01) that mean "not now": the pooler cannot reach or wait for a server.
+ */
+const poolerMessages: ReadonlyArray<readonly [RegExp, (props: Transient.ReasonProps) => TransientReason]> = [
+  [/^too many connections/, (props) => new TooManyConnections(props)],
+  [
+    /^the database system is (starting up|shutting down|not yet accepting connections|in recovery mode)/,
+    (props) => new CannotConnectNow(props)
+  ],
+  [
+    /^(server login has been failing|pgbouncer cannot connect to server|server conn crashed\?|query_wait_timeout|client_login_timeout|server shutting down|pgbouncer shutting down|closing because: )/,
+    (props) => new PoolerUnavailable(props)
+  ]
+]
+
+/**
+ * Why a server or a pooler refused the client's configuration.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Refusal = "AuthenticationFailed" | "UnknownDatabase" | "UnsupportedStartupParameter" | "ClientLimit"
+
+const refusalsBySqlState: Record<string, Refusal> = {
+  "28P01": "AuthenticationFailed",
+  "28000": "AuthenticationFailed",
+  "3D000": "UnknownDatabase"
+}
+
+/** PgBouncer sends these with 08P01; its relays of the server's own refusals keep the server's text. */
+const refusalMessages: ReadonlyArray<readonly [RegExp, Refusal]> = [
+  [/^(SASL authentication failed|password authentication failed|no such user|auth failed)/, "AuthenticationFailed"],
+  [/^(no such database|database ".*" does not exist)/, "UnknownDatabase"],
+  [/^unsupported startup parameter/, "UnsupportedStartupParameter"],
+  [/^no more connections allowed \(max_client_conn\)/, "ClientLimit"]
+]
+
+const refusalOf = (code: string, detail: string): Refusal | undefined => {
+  if (Object.hasOwn(refusalsBySqlState, code)) return refusalsBySqlState[code]
+  if (code !== "08P01") return undefined
+  for (const [pattern, refusal] of refusalMessages) if (pattern.test(detail)) return refusal
+  return undefined
+}
+
+/**
+ * The server or a pooler refused the client's configuration: retrying cannot
+ * help and the database is not down, so it is neither retried nor counted
+ * against the breaker. `detail` is the server's (or pooler's) message; it
+ * names a user or a database, never a password.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConfigurationRefused extends Schema.TaggedError<ConfigurationRefused>()("ConfigurationRefused", {
+  refusal: Schema.Literals(["AuthenticationFailed", "UnknownDatabase", "UnsupportedStartupParameter", "ClientLimit"]),
+  code: Schema.String,
+  detail: Schema.String
+}) {
+  readonly isRetryable = false
+  override get message(): string {
+    const hint =
+      this.refusal === "UnsupportedStartupParameter"
+        ? ' A pooler (PgBouncer) refuses start-up parameters it does not know: leave statementTimeoutVia at "transaction".'
+        : this.refusal === "ClientLimit"
+          ? " The pooler's max_client_conn is reached: raise it, or lower maxConnections across the fleet."
+          : ""
+    return `The database refused the client's configuration (${this.refusal}): ${this.detail} (SQLSTATE ${this.code}).${hint}`
+  }
+}
+
+/**
+ * The configuration refusal a driver error reports, if it is one.
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const refusal = (error: SqlError): ConfigurationRefused | undefined => {
+  const cause: unknown = error.reason.cause
+  const code = Predicate.hasProperty(cause, "code") && typeof cause.code === "string" ? cause.code : undefined
+  if (code === undefined) return undefined
+  const detail = describeCause(cause)
+  const found = refusalOf(code, detail)
+  return found === undefined ? undefined : new ConfigurationRefused({ refusal: found, code, detail })
+}
 
 const describeCause = (cause: unknown): string =>
   Predicate.hasProperty(cause, "message") && typeof cause.message === "string" ? cause.message : "no detail"
@@ -266,6 +369,10 @@ export const classify = (
     const props = { phase, code, message: `${detail} (SQLSTATE ${code})`, cause }
     const bySqlState = Object.hasOwn(sqlStateReasons, code) ? sqlStateReasons[code] : undefined
     if (bySqlState !== undefined) return bySqlState(props)
+    if (code === "08P01") {
+      if (refusalOf(code, detail) !== undefined) return undefined
+      for (const [pattern, make] of poolerMessages) if (pattern.test(detail)) return make(props)
+    }
     if (code.startsWith("08")) return new ConnectionException(props)
     // 55000 has many meanings; while connecting it can only be a database refusing connections for now.
     if (code === "55000" && phase === "connect") return new ConnectionsNotAllowed(props)
@@ -331,7 +438,12 @@ export const sessionLost = (error: SqlError): boolean => {
  * @since 0.1.0
  * @category models
  */
-export type PolicyFailure = TransientError | OutcomeUnknown | Breaker.CircuitOpen | CommitOutcomeUnknown
+export type PolicyFailure =
+  | TransientError
+  | OutcomeUnknown
+  | Breaker.CircuitOpen
+  | CommitOutcomeUnknown
+  | ConfigurationRefused
 
 /**
  * The connection was lost after `COMMIT` was sent, and asking the server
@@ -376,7 +488,8 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
   Predicate.isTagged(u, "TransientError") ||
   Predicate.isTagged(u, "OutcomeUnknown") ||
   Predicate.isTagged(u, "CircuitOpen") ||
-  Predicate.isTagged(u, "CommitOutcomeUnknown")
+  Predicate.isTagged(u, "CommitOutcomeUnknown") ||
+  Predicate.isTagged(u, "ConfigurationRefused")
 
 /**
  * Wraps a policy failure in the `SqlError` that `SqlClient`'s statements are
@@ -385,9 +498,10 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
  * moves it back into the error channel.
  *
  * A transient failure and a rejection by the open circuit become a
- * `ConnectionError` (retryable, later), an unknown outcome an `UnknownError`
- * (not retryable: a generic retry on `isRetryable` must not duplicate the
- * write Sturdy declined to retry).
+ * `ConnectionError` (retryable, later); an unknown outcome and a refused
+ * configuration an `UnknownError` (not retryable: a generic retry on
+ * `isRetryable` must not duplicate the write Sturdy declined to retry, nor
+ * hammer a server with a wrong password).
  *
  * @since 0.1.0
  * @category conversions
@@ -395,7 +509,7 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
 export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
   new SqlError({
     reason:
-      failure._tag !== "OutcomeUnknown" && failure._tag !== "CommitOutcomeUnknown"
+      failure._tag === "TransientError" || failure._tag === "CircuitOpen"
         ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
         : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
   })

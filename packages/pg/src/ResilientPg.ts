@@ -903,6 +903,8 @@ export const make = Effect.fnUntraced(function* (
     timeout: profile.healthCheckTimeout,
     onStartup: options.healthOnStartup ?? "degraded",
     describe: (error: SqlError) => {
+      const refused = PgFailure.refusal(error)
+      if (refused !== undefined) return `ConfigurationRefused: ${refused.message}`
       const reason = PgFailure.classify(error)
       return reason === undefined ? `${error.reason._tag}: ${error.message}` : `${reason._tag}: ${reason.message}`
     }

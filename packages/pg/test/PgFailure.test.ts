@@ -49,6 +49,18 @@ const closed = (message: string, operation: "connect" | "query") =>
     reason: new ConnectionError({ cause: new Error(message.replace("PgConnection: ", "")), message, operation })
   })
 
+// PgBouncer 1.18 sends every error of its own (and every server refusal it relays) with SQLSTATE 08P01 and only
+// S, C and M fields; the driver maps class 08 to ConnectionError (docs/pgbouncer-errors.md, measured here).
+const bouncer = (message: string, operation: "connect" | "query") =>
+  new SqlError({
+    reason: new ConnectionError({
+      cause: Object.assign(new Error(message), { severity: "FATAL", code: "08P01" }),
+      message:
+        operation === "connect" ? "PgConnection: Failed to connect" : "PgConnection: The server reported an error",
+      operation
+    })
+  })
+
 interface Case {
   readonly name: string
   readonly error: SqlError
@@ -246,6 +258,67 @@ const cases = [
     name: "a released pin",
     error: closed("PgConnection: Pinned connection was released", "query"),
     expected: "not transient"
+  },
+  // Behind PgBouncer (08P01, the message decides).
+  {
+    name: "PgBouncer relays a backend killed mid-statement: Unexpected ErrorResponse after ErrorResponse",
+    error: closed("PgConnection: Unexpected ErrorResponse after ErrorResponse", "query"),
+    expected: { tag: "ConnectionClosed", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "PgBouncer: server login has been failing (server down)",
+    error: bouncer("server login has been failing, try again later (server_login_retry)", "query"),
+    expected: { tag: "PoolerUnavailable", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "PgBouncer: pgbouncer cannot connect to server",
+    error: bouncer("pgbouncer cannot connect to server", "connect"),
+    expected: { tag: "PoolerUnavailable", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "PgBouncer: server conn crashed?",
+    error: bouncer("server conn crashed?", "query"),
+    expected: { tag: "PoolerUnavailable", phase: "sent", outcome: "unknown" }
+  },
+  {
+    name: "PgBouncer: query_wait_timeout during start-up",
+    error: bouncer("query_wait_timeout", "connect"),
+    expected: { tag: "PoolerUnavailable", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "PgBouncer relays the server's 53300 as 08P01",
+    error: bouncer('too many connections for role "app"', "connect"),
+    expected: { tag: "TooManyConnections", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "PgBouncer relays the server's 57P03 as 08P01",
+    error: bouncer("the database system is shutting down", "connect"),
+    expected: { tag: "CannotConnectNow", phase: "connect", outcome: "not-applied" }
+  },
+  {
+    name: "PgBouncer: unsupported startup parameter is a configuration refusal, not transient",
+    error: bouncer("unsupported startup parameter: statement_timeout", "connect"),
+    expected: "not transient"
+  },
+  {
+    name: "PgBouncer: SASL authentication failed is not transient",
+    error: bouncer("SASL authentication failed", "connect"),
+    expected: "not transient"
+  },
+  {
+    name: "PgBouncer: no such database is not transient",
+    error: bouncer("no such database: nosuchdb", "connect"),
+    expected: "not transient"
+  },
+  {
+    name: "PgBouncer: max_client_conn is not transient",
+    error: bouncer("no more connections allowed (max_client_conn)", "connect"),
+    expected: "not transient"
+  },
+  {
+    name: "another 08P01 (a protocol violation) stays ConnectionException",
+    error: bouncer("invalid message length", "query"),
+    expected: { tag: "ConnectionException", phase: "sent", outcome: "unknown" }
   }
 ] as const satisfies ReadonlyArray<Case>
 
@@ -262,6 +335,39 @@ describe("PgFailure.classify", () => {
       assert.strictEqual(reason!.phase, c.expected.phase)
       assert.strictEqual(PgFailure.outcome(reason!), c.expected.outcome)
       assert.strictEqual(reason!.isRetryable, true)
+    })
+  }
+
+  interface RefusalCase {
+    readonly error: SqlError
+    readonly expected: PgFailure.Refusal | undefined
+  }
+  const refusals = [
+    { error: server((p) => new AuthenticationError(p), "28P01", "connect"), expected: "AuthenticationFailed" },
+    { error: server((p) => new AuthenticationError(p), "28000", "connect"), expected: "AuthenticationFailed" },
+    { error: server((p) => new UnknownError(p), "3D000", "connect"), expected: "UnknownDatabase" },
+    { error: bouncer("SASL authentication failed", "connect"), expected: "AuthenticationFailed" },
+    { error: bouncer("password authentication failed", "connect"), expected: "AuthenticationFailed" },
+    { error: bouncer("no such database: app", "connect"), expected: "UnknownDatabase" },
+    { error: bouncer('database "app" does not exist', "connect"), expected: "UnknownDatabase" },
+    {
+      error: bouncer("unsupported startup parameter: statement_timeout", "connect"),
+      expected: "UnsupportedStartupParameter"
+    },
+    { error: bouncer("no more connections allowed (max_client_conn)", "connect"), expected: "ClientLimit" },
+    { error: bouncer("query_wait_timeout", "connect"), expected: undefined },
+    { error: socket("ECONNREFUSED", "connect"), expected: undefined },
+    { error: server((p) => new SqlSyntaxError(p), "42601", "query"), expected: undefined }
+  ] as const satisfies ReadonlyArray<RefusalCase>
+  for (const c of refusals as ReadonlyArray<RefusalCase>) {
+    it(`refusal: ${(c.error.reason.cause as Error).message} -> ${c.expected ?? "none"}`, () => {
+      const refused = PgFailure.refusal(c.error)
+      assert.strictEqual(refused?.refusal, c.expected)
+      if (refused !== undefined) {
+        assert.strictEqual(refused._tag, "ConfigurationRefused")
+        assert.isFalse(refused.isRetryable)
+        assert.include(refused.message, (c.error.reason.cause as Error).message)
+      }
     })
   }
 

@@ -350,6 +350,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const decide = (error: unknown, call: Call, idempotency: "auto" | "idempotent" | "not-idempotent"): unknown => {
     // The connection gate refused to open a socket: the circuit opened while this attempt was on its way.
     if (isSqlError(error) && isCircuitOpen(error.reason.cause)) return error.reason.cause
+    // A refused configuration: not transient, and not an outage (the breaker sees an answer).
+    const refused = isSqlError(error) ? PgFailure.refusal(error) : undefined
+    if (refused !== undefined) return refused
     let reason: PgFailure.TransientReason | undefined = Predicate.isTagged(error, "AttemptTimeout")
       ? (error as Transient.AttemptTimeout)
       : isSqlError(error)
@@ -657,7 +660,12 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         "sturdy.event": "failed",
         "sturdy.operation": operation,
         "sturdy.error": failure._tag,
-        "sturdy.reason": failure._tag === "CommitOutcomeUnknown" ? "CommitOutcomeUnknown" : failure.reason._tag,
+        "sturdy.reason":
+          failure._tag === "CommitOutcomeUnknown"
+            ? "CommitOutcomeUnknown"
+            : failure._tag === "ConfigurationRefused"
+              ? failure.refusal
+              : failure.reason._tag,
         "sturdy.attempts": call.attempts
       }),
       Effect.fail(PgFailure.toSqlError(failure, operation))
