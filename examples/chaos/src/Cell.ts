@@ -4,7 +4,6 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { Profile } from "@sturdy/resilience"
 import { FaultProxy, type PgServer, ServerFaults } from "@sturdy/testing"
 import { Context, Deferred, Duration, Effect, Fiber, Layer, Redacted, Schedule, type Scope } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
@@ -117,19 +116,13 @@ export const policy = {
   connectTimeout: Duration.seconds(1)
 } as const satisfies Partial<ResilientPg.Options>
 
-/**
- * The longest a call may take under `policy`: every attempt timing out, plus the longest wait before each
- * retry. A retry the open breaker rejected waits at least its `retryAfter` (`whenCircuitOpen: "wait-and-retry"`,
- * the default), at most the n-th open duration: 1 s doubling (the profile's default).
- */
+/** The longest a call may take under `policy`: every attempt timing out, plus the longest backoff. */
 export const callBound = (() => {
-  const firstOpen = Profile.development.breakerOpenDuration as Duration.Duration
-  let waits = 0
+  let backoff = 0
   for (let n = 0; n < policy.retriesAfterFirst; n++) {
-    const backoff = Duration.toMillis(policy.backoffBase) * 2 ** n + Duration.toMillis(policy.backoffJitter)
-    waits += Math.max(backoff, Duration.toMillis(firstOpen) * 2 ** n)
+    backoff += Duration.toMillis(policy.backoffBase) * 2 ** n + Duration.toMillis(policy.backoffJitter)
   }
-  return (policy.retriesAfterFirst + 1) * Duration.toMillis(policy.attemptTimeout) + waits
+  return (policy.retriesAfterFirst + 1) * Duration.toMillis(policy.attemptTimeout) + backoff
 })()
 
 export interface Row {

@@ -274,6 +274,53 @@ describe("the example server over HTTP", () => {
     )
 
     it.effect(
+      "with the library's defaults and no traffic: readiness 503 within 1 s of the database stopping, 200 within 1 s of it accepting, also after the breaker opened",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          // Every database setting at the library's default (30 s health interval, 1 s..60 s open duration).
+          const { base } = yield* startApp(server, {
+            healthCheckInterval: undefined,
+            healthCheckTimeout: undefined,
+            backoffBase: undefined,
+            backoffJitter: undefined,
+            breakerOpenDuration: undefined
+          })
+          const ready = (status: number) => Effect.map(request(base, "/health/ready"), (r) => r.status === status)
+          const breakerState = Effect.map(
+            request(base, "/api/admin/database/metrics", { bearer: token }),
+            (r) => (JSON.parse(r.text) as { breaker: { state: string } }).breaker.state
+          )
+
+          // A stop with no request in flight: the health probe's own session ends with the server.
+          yield* server.stop
+          const notReadyAfter = yield* within(1000, "readiness 503 after the stop", ready(503))
+          yield* server.start
+          const readyAfter = yield* within(1000, "readiness 200 after the start", ready(200))
+
+          // Again, with traffic during the outage so the breaker opens; then none.
+          yield* server.stop
+          yield* within(1000, "readiness 503 after the second stop", ready(503))
+          const requests = yield* Effect.forkChild(
+            Effect.forEach(Array.from({ length: 6 }), () => request(base, "/notes"), { concurrency: "unbounded" })
+          )
+          yield* within(
+            5000,
+            "the breaker opening",
+            Effect.map(breakerState, (state) => state === "open")
+          )
+          yield* server.start
+          const readyAfterOpen = yield* within(1000, "readiness 200 after the breaker opened", ready(200))
+          assert.strictEqual(yield* breakerState, "closed")
+          yield* Fiber.join(requests)
+          process.stdout.write(
+            `readiness with defaults: 503 ${notReadyAfter} ms after the stop, 200 ${readyAfter} ms after the start, ${readyAfterOpen} ms after a start with the breaker open\n`
+          )
+        }).pipe(Effect.scoped),
+      30_000
+    )
+
+    it.effect(
       "with the database down at start-up it serves not-ready 503s, then creates its schema once it is up",
       () =>
         Effect.gen(function* () {

@@ -129,12 +129,12 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
   /**
    * What a call does when the breaker rejects its attempt:
    * `"wait-and-retry"` (default) counts the rejection as a failed attempt and
-   * waits at least the rejection's `retryAfter` before the next one, within
-   * the profile's retries, so calls ride out outages shorter than their retry
-   * budget (a 3 s restart, a failover) while the breaker keeps every attempt
-   * but its probes off the server; `"fail-fast"` ends the call with
-   * `CircuitOpen` at once, for callers that would rather answer "try later"
-   * than wait.
+   * retries on the profile's backoff, so calls ride out outages shorter than
+   * their retry schedule (about 7 s in development, 31 s in production: a
+   * restart, a failover) while the breaker keeps every attempt but its probes
+   * off the server, and a call's time stays bounded by its schedule;
+   * `"fail-fast"` ends the call with `CircuitOpen` at once, for callers that
+   * would rather answer "try later" than wait.
    */
   readonly whenCircuitOpen?: "fail-fast" | "wait-and-retry" | undefined
   /**

@@ -184,35 +184,39 @@ describe("the breaker inside ResilientPg, against a real server", () => {
     )
 
     it.effect(
-      'whenCircuitOpen "wait-and-retry": a call waits for the breaker and rides out a short outage (TestClock)',
+      'whenCircuitOpen "wait-and-retry" (the default): a rejected retry waits its own backoff; the health probe closes the breaker and the next retry rides out the outage (TestClock)',
       () =>
         Effect.gen(function* () {
           const server = yield* PgServer.PgServer
           const logs = yield* LogCapture.make
-          // No jitter: the retry comes at 1 s, while the breaker is open until 5 s.
+          // No jitter: the retries come at 1 s and 3 s, while the breaker would stay open until 5 s on its own.
           const { layer } = resilient(server, {
             profile: "development",
             backoffJitter: 0,
             breakerFailures: 1,
-            breakerOpenDuration: "5 seconds",
-            whenCircuitOpen: "wait-and-retry"
+            breakerOpenDuration: "5 seconds"
           })
           yield* Effect.gen(function* () {
             const sql = yield* SqlClient.SqlClient
             const service = yield* ResilientPg.ResilientPg
             yield* server.stop
             const call = yield* Effect.forkChild(sql<{ one: number }>`SELECT 1 AS one`)
-            // The first attempt fails and opens the breaker; the retry waits for the probe, not just its backoff.
+            // The first attempt fails and opens the breaker.
             const first = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
             assert.strictEqual(first.annotations["sturdy.reason"], "ConnectionRefused")
             assert.strictEqual((yield* service.breakerState)._tag, "Open")
             yield* TestClock.adjust((first.annotations["sturdy.delayMillis"] as number) + 1)
+            // The retry is rejected without reaching the server, and waits its own backoff, not the open period.
             const rejected = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
             assert.strictEqual(rejected.annotations["sturdy.reason"], "CircuitOpen")
-            // It waits for the breaker's probe (4 s more), longer than its own backoff (2 s).
-            assert.strictEqual(rejected.annotations["sturdy.delayMillis"], 4000)
+            assert.strictEqual(rejected.annotations["sturdy.delayMillis"], 2000)
+            // The server is back: the health monitor's next probe (every 250 ms while open) closes the breaker.
             yield* server.start
-            yield* TestClock.adjust((rejected.annotations["sturdy.delayMillis"] as number) + 1)
+            yield* TestClock.adjust("250 millis")
+            yield* logs.waitFor(
+              (entry) => entry.annotations["sturdy.event"] === "breaker" && entry.annotations["sturdy.to"] === "Closed"
+            )
+            yield* TestClock.adjust(2000)
             assert.deepStrictEqual(yield* Fiber.join(call), [{ one: 1 }])
             assert.strictEqual((yield* service.breakerState)._tag, "Closed")
             const stats = yield* service.stats

@@ -31,6 +31,8 @@ const race = (url: Redacted.Redacted<string>, options: Partial<ResilientPg.Optio
     }
     return { timedOut, completed, innocentsCancelled, failures }
   }).pipe(
+    // 2,000 timeouts would log 1,000 failures: the counts are the result.
+    Effect.provide(Logger.layer([])),
     Effect.provide(
       ResilientPg.layer({
         url,

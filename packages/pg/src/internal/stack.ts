@@ -620,10 +620,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
     shouldRetry
   ).pipe(
-    // A rejected attempt waits at least until the breaker lets a probe through.
-    Schedule.modifyDelay((meta) =>
-      Effect.succeed(isCircuitOpen(meta.input) ? Duration.max(meta.duration, meta.input.retryAfter) : meta.duration)
-    ),
+    // A rejected attempt is retried on the same backoff as any transient failure, not after the breaker's
+    // `retryAfter`: the health monitor closes the breaker as soon as the server answers, and a call's time stays
+    // bounded by its own schedule however long the open duration has grown.
     Schedule.tap((meta) =>
       Effect.logWarning("Retrying a failed database call").pipe(
         Effect.annotateLogs({
