@@ -3,17 +3,19 @@
  * faults: once through plain `@effect/sql-pg`, once through Sturdy. Ends with
  * a side-by-side summary.
  *
+ * Sturdy runs with the library's default options: what a user who adds it
+ * and changes nothing gets.
+ *
  * Options: --duration SECONDS (per run, default 30), --concurrency N (default
  * 8: N x 10 requests per second, arriving at a fixed rate), --scenario NAME
- * (mixed, latency, resets, restart, 57P03, blackhole), --when-circuit-open
- * (wait-and-retry, the default here, or fail-fast), --json (a
- * machine-readable summary instead of the table).
+ * (mixed, latency, resets, restart, restart-3s, pgbouncer-restart, 57P03,
+ * blackhole), --when-circuit-open (wait-and-retry, the library's default, or
+ * fail-fast), --json (a machine-readable summary instead of the table).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { Breaker } from "@sturdy/resilience"
-import { FaultProxy, PgServer, ServerFaults } from "@sturdy/testing"
+import { FaultProxy, PgBouncer, PgServer, ServerFaults } from "@sturdy/testing"
 import {
   Config,
   Context,
@@ -67,6 +69,8 @@ if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
 interface Env {
   readonly server: PgServer.PgServerService | undefined
   readonly proxy: FaultProxy.FaultProxyService
+  /** A real PgBouncer (transaction pooling) in front of the proxy, for the scenario that restarts it. */
+  readonly bouncer: PgBouncer.PgBouncerService | undefined
   /** Set when the server has come back from the restart phase. */
   readonly serverReturned: (at: number) => void
 }
@@ -76,6 +80,8 @@ interface Phase {
   /** Fractions of the run. */
   readonly from: number
   readonly to: number
+  /** A fixed length instead of `to`, for outages whose length is the point (a 3 s restart). */
+  readonly seconds?: number
   readonly inject: (env: Env) => Effect.Effect<void, unknown, Scope.Scope>
 }
 
@@ -112,11 +118,21 @@ const phases = {
             )
           )
   },
+  "pgbouncer-restart": {
+    name: "PgBouncer restart (3 s)",
+    inject: (env: Env) =>
+      Effect.acquireRelease(Effect.orDie(env.bouncer!.stop), () =>
+        Effect.andThen(
+          Effect.orDie(env.bouncer!.start),
+          Effect.sync(() => env.serverReturned(performance.now()))
+        )
+      )
+  },
   "57P03": {
     name: "57P03 window (starting up)",
     inject: proxyFault(FaultProxy.startupError("57P03", "the database system is starting up"), true)
   },
-  blackhole: { name: "blackhole (longer than the attempt timeout)", inject: proxyFault(FaultProxy.blackhole, true) }
+  blackhole: { name: "blackhole (the network goes silent)", inject: proxyFault(FaultProxy.blackhole, true) }
 } as const satisfies Record<string, Omit<Phase, "from" | "to">>
 
 const scenarios: Record<string, ReadonlyArray<Phase>> = {
@@ -127,7 +143,13 @@ const scenarios: Record<string, ReadonlyArray<Phase>> = {
     { ...phases["57P03"], from: 0.62, to: 0.72 },
     { ...phases.blackhole, from: 0.78, to: 0.9 }
   ],
-  ...Object.fromEntries(Object.entries(phases).map(([key, phase]) => [key, [{ ...phase, from: 0.2, to: 0.7 }]]))
+  ...Object.fromEntries(
+    Object.entries(phases)
+      .filter(([key]) => key !== "pgbouncer-restart")
+      .map(([key, phase]) => [key, [{ ...phase, from: 0.2, to: 0.7 }]])
+  ),
+  "restart-3s": [{ ...phases.restart, name: "server restart (3 s)", from: 0.3, to: 0.3, seconds: 3 }],
+  "pgbouncer-restart": [{ ...phases["pgbouncer-restart"], from: 0.3, to: 0.3, seconds: 3 }]
 }
 const script =
   scenarios[args.scenario] ??
@@ -135,9 +157,9 @@ const script =
 
 // --- The two clients ---------------------------------------------------------
 
-const attemptTimeout = Duration.seconds(2)
 const poolSize = 10
 
+// Both with their defaults (a pool of 10 is both libraries' default); Sturdy's whenCircuitOpen only if asked.
 const clients = {
   plain: (url: Redacted.Redacted<string>) =>
     PgClient.layer({ url, applicationName: "sturdy-demo-plain", maxConnections: poolSize }),
@@ -146,9 +168,6 @@ const clients = {
       url,
       applicationName: "sturdy-demo-sturdy",
       maxConnections: poolSize,
-      profile: "development",
-      attemptTimeout,
-      breakerOpenDuration: Breaker.exponentialOpenDuration({ from: "200 millis", max: "1 second" }),
       whenCircuitOpen: whenCircuitOpen as "fail-fast" | "wait-and-retry"
     })
 }
@@ -184,7 +203,9 @@ const runOnce = (
   Effect.gen(function* () {
     // The status line tells the story; the clients' own logs would drown it.
     const context = yield* Layer.build(
-      (clients[name](env.proxy.url) as Layer.Layer<SqlClient.SqlClient, unknown>).pipe(Layer.provide(Logger.layer([])))
+      (clients[name](env.bouncer?.url ?? env.proxy.url) as Layer.Layer<SqlClient.SqlClient, unknown>).pipe(
+        Layer.provide(Logger.layer([]))
+      )
     )
     const sql = Context.get(context, SqlClient.SqlClient)
     const resilient = Context.getOption(context as Context.Context<never>, ResilientPg.ResilientPg)
@@ -216,7 +237,8 @@ const runOnce = (
         context: context as unknown as Context.Context<ResilientPg.ResilientPg>,
         perSecond: concurrency * 10,
         stop: Deferred.await(stop),
-        deadline: "15 seconds",
+        // Longer than any call can take with the defaults (4 attempts of 10 s plus about 10 s of backoff).
+        deadline: "60 seconds",
         record: (call) => records.push(call)
       })
     )
@@ -229,11 +251,10 @@ const runOnce = (
             const wait = started + phase.from * totalMillis - performance.now()
             if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
             current = phase.name
+            const end =
+              phase.seconds === undefined ? started + phase.to * totalMillis : performance.now() + phase.seconds * 1000
             yield* Effect.scoped(
-              Effect.andThen(
-                phase.inject(runEnv),
-                Effect.sleep(Duration.millis(Math.max(0, started + phase.to * totalMillis - performance.now())))
-              )
+              Effect.andThen(phase.inject(runEnv), Effect.sleep(Duration.millis(Math.max(0, end - performance.now()))))
             )
             current = "steady"
           }),
@@ -363,6 +384,19 @@ const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* 
     maxConnections: 1
   }).pipe(Effect.provide(Reactivity.layer))
   const proxy = yield* FaultProxy.make({ host: target.host, port: target.port, url: database.url })
+  const bouncer =
+    args.scenario === "pgbouncer-restart"
+      ? yield* PgBouncer.make(
+          {
+            host: proxy.host,
+            port: proxy.port,
+            database: database.name,
+            user: database.role,
+            password: Redacted.make(decodeURIComponent(new URL(Redacted.value(database.url)).password))
+          },
+          { poolMode: "transaction" }
+        )
+      : undefined
   for (const workload of [Workload.reads, Workload.idempotentUpserts, Workload.inserts]) yield* workload.setup(verify)
 
   if (!args.json) {
@@ -370,11 +404,12 @@ const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* 
       `${server ? `Embedded PostgreSQL 18 on 127.0.0.1:${target.port}` : "DATABASE_URL's server (its restart is simulated at the proxy)"}; ` +
         `clients connect through a fault-injecting proxy on 127.0.0.1:${proxy.port}.\n` +
         `Workload: ${concurrency * 10} requests/s arriving at a fixed rate (--concurrency ${concurrency} x 10/s): half reads, a quarter idempotent upserts, a quarter plain inserts, for ${durationSeconds} s per run.\n` +
-        `Script: ${script.map((p) => `${p.name} at ${Math.round(p.from * durationSeconds)}-${Math.round(p.to * durationSeconds)} s`).join("; ")}.\n` +
-        `Sturdy: development profile (3 retries, backoff 1 s x 2^n + jitter), attempt timeout 2 s, breaker opens after 5 failed attempts, open 200 ms doubling to 1 s, rejected retries ${whenCircuitOpen === "wait-and-retry" ? "wait for the breaker (--when-circuit-open wait-and-retry)" : "fail at once (--when-circuit-open fail-fast)"}.\n\n`
+        `Script: ${script.map((p) => `${p.name} at ${Math.round(p.from * durationSeconds)}-${p.seconds === undefined ? Math.round(p.to * durationSeconds) : Math.round(p.from * durationSeconds + p.seconds)} s`).join("; ")}.\n` +
+        `${bouncer === undefined ? "" : `Both clients connect through a real PgBouncer ${bouncer.poolMode} pool on 127.0.0.1:${bouncer.port} (its default configuration), in front of the proxy.\n`}` +
+        `Both clients with their default options. Sturdy's: development profile (3 retries, backoff 1 s x 2^n + jitter in [0, 1 s)), attempt timeout 10 s, breaker opens after 5 failed attempts for 1 s doubling to 60 s and is closed by its health probe as soon as the server answers, rejected calls ${whenCircuitOpen === "wait-and-retry" ? "retry on their backoff (whenCircuitOpen wait-and-retry)" : "fail at once (--when-circuit-open fail-fast)"}.\n\n`
     )
   }
-  const env = { server, proxy }
+  const env = { server, proxy, bouncer }
   const plain = yield* runOnce("plain", env, verify, 1)
   const sturdy = yield* runOnce("sturdy", env, verify, 2)
   if (args.json) {

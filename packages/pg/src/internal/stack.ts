@@ -616,6 +616,8 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   const shouldRetry = (failure: unknown) =>
     isTransientError(failure) || (options.whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
+  /** A rejected first attempt has no retry to wait for: fail-fast, or no retries at all. */
+  const rejectionEndsTheCall = options.whenCircuitOpen === "fail-fast" || profile.retriesAfterFirst === 0
   const policy = Retry.schedule(
     { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
     shouldRetry
@@ -731,7 +733,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       recorder.statements++
       let first: Effect.Effect<A, unknown, R>
       const admission = local?.admit(key)
-      if (admission?._tag === "Rejected" && options.whenCircuitOpen === "fail-fast") {
+      if (admission?._tag === "Rejected" && rejectionEndsTheCall) {
         // The breaker's whole point is to answer at once: no retry to build, no error to make, no clock to read
         // (a rejection takes well under the histogram's smallest bucket).
         recorder.failed++
