@@ -64,7 +64,7 @@ const sections: Array<string> = []
 
 /** A connection the stack never touches: the statement under test ignores it. */
 const fakeConnection = {} as PgConnection.PgConnection
-const fakePool: Stack.PoolLike = { use: (f) => f(fakeConnection), invalidate: () => Effect.void }
+const fakePool: Stack.PoolLike = { use: (f) => f(fakeConnection) }
 
 /** Sturdy's production stack (retry, in-process breaker, attempt deadline, metrics) over `pool`, no database. */
 const stackOver = (pool: Stack.PoolLike, openDuration: Duration.Input, profile: Profile.Profile = Profile.production) =>
@@ -81,6 +81,7 @@ const stackOver = (pool: Stack.PoolLike, openDuration: Duration.Input, profile: 
       key: "db",
       recorder: new DatabaseMetrics.Recorder(),
       statements: new StatementStats.Table(500),
+      sessions: new Stack.Sessions({ retire: () => Effect.void }),
       idempotency: () => "auto"
     })
   })
@@ -303,7 +304,7 @@ const failFast = (server: PgServer.PgServerService) =>
         operation: "connect"
       })
     })
-    const refusingPool: Stack.PoolLike = { use: () => Effect.fail(refused), invalidate: () => Effect.void }
+    const refusingPool: Stack.PoolLike = { use: () => Effect.fail(refused) }
     const stack = yield* stackOver(
       refusingPool,
       "1 hour",

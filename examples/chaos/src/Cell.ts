@@ -4,7 +4,7 @@
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { FaultProxy, type PgServer, ServerFaults } from "@sturdy/testing"
+import { FaultProxy, PgBouncer, type PgServer, ServerFaults } from "@sturdy/testing"
 import { Context, Deferred, Duration, Effect, Fiber, Layer, Redacted, Schedule, type Scope } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import { SqlClient } from "effect/sql"
@@ -19,12 +19,17 @@ export interface Env {
   readonly database: { readonly name: string; readonly role: string; readonly url: Redacted.Redacted<string> }
   /** The application names of the clients under test. */
   readonly applicationNames: ReadonlyArray<string>
+  /** The PgBouncer the clients connect through, for faults whose route is `"pgbouncer"`. */
+  readonly bouncer: PgBouncer.PgBouncerService | undefined
 }
 
 export interface Fault {
   readonly name: string
-  /** `"unresolvable"`: the clients use a host name that does not resolve, for the whole cell. */
-  readonly route?: "proxy" | "unresolvable"
+  /**
+   * `"unresolvable"`: the clients use a host name that does not resolve, for the whole cell. `"pgbouncer"`: they
+   * connect through a real PgBouncer (transaction pooling, its default configuration) in front of the proxy.
+   */
+  readonly route?: "proxy" | "unresolvable" | "pgbouncer"
   /** Puts the fault in place; it is lifted when the scope closes. */
   readonly inject: (env: Env) => Effect.Effect<void, unknown, Scope.Scope>
 }
@@ -98,6 +103,35 @@ export const faults: ReadonlyArray<Fault> = [
     name: "unresolvable host name",
     route: "unresolvable",
     inject: () => Effect.void
+  },
+  {
+    name: "server restart (3 s)",
+    inject: (env) =>
+      Effect.asVoid(
+        // Down 3 s in all: the cell's window plus the rest here.
+        Effect.acquireRelease(
+          Effect.andThen(env.server.stop, Effect.sleep(Duration.millis(3000 - Duration.toMillis(timing.window)))),
+          () => Effect.orDie(env.server.start)
+        )
+      )
+  },
+  {
+    name: "PgBouncer restart (transaction pooling)",
+    route: "pgbouncer",
+    inject: (env) =>
+      Effect.asVoid(Effect.acquireRelease(Effect.orDie(env.bouncer!.stop), () => Effect.orDie(env.bouncer!.start)))
+  },
+  {
+    name: "backends killed behind PgBouncer",
+    route: "pgbouncer",
+    // PgBouncer's server sessions carry the role, not the clients' application names.
+    inject: (env) =>
+      repeatedly(
+        env.server.admin.unsafe(
+          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${env.database.role}' AND pid <> pg_backend_pid()`
+        ),
+        "300 millis"
+      )
   }
 ]
 
@@ -167,12 +201,25 @@ export const run = (
     const proxy = yield* FaultProxy.make({ host: server.host, port: server.port, url: database.url })
     for (const workload of Workload.all) yield* workload.setup(verify)
 
+    const bouncer =
+      fault.route === "pgbouncer"
+        ? yield* PgBouncer.make(
+            {
+              host: proxy.host,
+              port: proxy.port,
+              database: database.name,
+              user: database.role,
+              password: Redacted.make(decodeURIComponent(new URL(Redacted.value(database.url)).password))
+            },
+            { poolMode: "transaction" }
+          )
+        : undefined
     const url =
       fault.route === "unresolvable"
         ? Redacted.make(
             Redacted.value(proxy.url).replace(`${proxy.host}:${proxy.port}`, "sturdy-does-not-exist.invalid:5432")
           )
-        : proxy.url
+        : (bouncer?.url ?? proxy.url)
     const clients = yield* Effect.forEach(Workload.all, (workload) =>
       Effect.gen(function* () {
         const applicationName = `chaos-${index}-${workload.name.replaceAll(" ", "-")}`
@@ -186,7 +233,7 @@ export const run = (
         }
       })
     )
-    const env: Env = { server, proxy, database, applicationNames: clients.map((c) => c.applicationName) }
+    const env: Env = { server, proxy, database, applicationNames: clients.map((c) => c.applicationName), bouncer }
 
     const records: Array<Runner.CallRecord> = []
     const stop = yield* Deferred.make<void>()
@@ -222,7 +269,11 @@ export const run = (
         const failures: Record<string, number> = {}
         for (const call of calls) if (call.outcome !== "ok") failures[call.outcome] = (failures[call.outcome] ?? 0) + 1
         const readAfterLift = fault.route === "unresolvable" ? true : yield* readSucceeds(client.sql)
-        const connectionsAfter = yield* settledConnections(server, client.applicationName)
+        // Behind PgBouncer the server's sessions are the pooler's (it keeps its own pool): count the client's sockets.
+        const connectionsAfter =
+          bouncer === undefined
+            ? yield* settledConnections(server, client.applicationName)
+            : ((yield* client.service.pool).open ?? 0)
         const stats = yield* client.service.stats
         return {
           fault: fault.name,

@@ -20,6 +20,7 @@
  * | `ConnectionsNotAllowed` | SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance) |
  * | `StatementTimeout` | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
  * | `ConnectionClosed` | the connection closed with no SQLSTATE (also PgBouncer's relay of a backend killed mid-statement, which the driver reports as "Unexpected ErrorResponse after ErrorResponse") |
+ * | `PreparedStatementUnavailable` | SQLSTATE 26000 or 42P05 on a prepared statement: a pooler in transaction mode moved the session to another server connection. Nothing ran; the client stops preparing statements |
  * | `PoolerUnavailable` | a pooler answered for a server it cannot reach, or gave up waiting for one: PgBouncer's 08P01 `server login has been failing`, `pgbouncer cannot connect to server`, `server conn crashed?`, `query_wait_timeout`, `client_login_timeout`, its shutdown messages |
  * | `SerializationFailure` | SQLSTATE 40001, for whole transactions only |
  * | `Deadlock` | SQLSTATE 40P01, for whole transactions only |
@@ -120,6 +121,13 @@ export class PoolerUnavailable extends Schema.TaggedError<PoolerUnavailable>()("
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
+export class PreparedStatementUnavailable extends Schema.TaggedError<PreparedStatementUnavailable>()(
+  "PreparedStatementUnavailable",
+  fields
+) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
 export class SerializationFailure extends Schema.TaggedError<SerializationFailure>()("SerializationFailure", fields) {
   readonly isRetryable = true
 }
@@ -155,6 +163,7 @@ export const TransientReason = Schema.Union([
   StatementTimeout,
   ConnectionClosed,
   PoolerUnavailable,
+  PreparedStatementUnavailable,
   SerializationFailure,
   Deadlock
 ])
@@ -175,6 +184,7 @@ export const outcome = (reason: TransientReason): "not-applied" | "unknown" =>
   reason.phase === "connect" ||
   reason._tag === "ReadOnlyTransaction" ||
   reason._tag === "StatementTimeout" ||
+  reason._tag === "PreparedStatementUnavailable" ||
   reason._tag === "SerializationFailure" ||
   reason._tag === "Deadlock"
     ? "not-applied"
@@ -225,7 +235,9 @@ const sqlStateReasons: Record<string, (props: Transient.ReasonProps) => Transien
   "57P02": (props) => new CrashShutdown(props),
   "53300": (props) => new TooManyConnections(props),
   "25006": (props) => new ReadOnlyTransaction(props),
-  "57014": (props) => new StatementTimeout(props)
+  "57014": (props) => new StatementTimeout(props),
+  "26000": (props) => new PreparedStatementUnavailable(props),
+  "42P05": (props) => new PreparedStatementUnavailable(props)
 }
 
 const transactionReasons: Record<string, (props: Transient.ReasonProps) => TransientReason> = {
@@ -403,6 +415,54 @@ const sessionLostReasons = new Set<TransientReason["_tag"]>([
   "CrashShutdown",
   "ConnectionClosed"
 ])
+
+/**
+ * Whether a failure shows that named prepared statements do not survive
+ * between statements on this connection (26000, 42P05): a pooler in
+ * transaction mode.
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const preparedStatementsUnavailable = (error: SqlError): boolean => {
+  const code = sqlStateOf(error)
+  return code === "26000" || code === "42P05"
+}
+
+/**
+ * The SQLSTATE (or errno) a driver error carries, if any.
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const sqlStateOf = (error: SqlError): string | undefined => {
+  const cause: unknown = error.reason.cause
+  return Predicate.hasProperty(cause, "code") && typeof cause.code === "string" ? cause.code : undefined
+}
+
+/**
+ * The failure to report for a prepared statement the server connection did
+ * not have, when the driver's unnamed re-run inside the transaction met the
+ * transaction the first attempt had aborted (25P02): SQLSTATE 26000, with the
+ * driver's error as its cause.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const preparedStatementUnavailable = (error: SqlError): SqlError =>
+  new SqlError({
+    reason: new UnknownErrorReason({
+      cause: Object.assign(
+        new Error(
+          "prepared statement not on this server connection (a pooler in transaction mode); the transaction was aborted before anything ran",
+          { cause: error }
+        ),
+        { code: "26000" }
+      ),
+      message: "Sturdy: a prepared statement did not survive the pooler",
+      operation: error.reason.operation ?? "query"
+    })
+  })
 
 /**
  * Whether a transient failure is evidence that the server cannot serve, for

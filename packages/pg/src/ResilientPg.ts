@@ -583,7 +583,8 @@ const makeProbeSessions = Effect.fnUntraced(function* (config: PgConnection.Conf
       Effect.gen(function* () {
         if (mode === "fresh") yield* drop
         const connection = current?.connection ?? (yield* open)
-        return yield* connection.query("SELECT 1")
+        // Unnamed: behind a pooler in transaction mode the next probe may reach another server connection.
+        return yield* connection.query("SELECT 1", [], false)
       }).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : drop)))
     )
   return { probe }
@@ -726,6 +727,21 @@ export const make = Effect.fnUntraced(function* (
     }))
   yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
 
+  const afterBegin =
+    statementTimeout === undefined || statementTimeoutVia !== "transaction"
+      ? undefined
+      : `SET LOCAL statement_timeout = ${statementTimeout}`
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const sessions = new Stack.Sessions({
+    retire: pool.invalidate,
+    afterBegin,
+    onUnprepared: () =>
+      runFork(
+        Effect.logWarning(
+          "Prepared statements do not survive between statements here (a pooler in transaction mode): statements run unnamed from now on"
+        ).pipe(Effect.annotateLogs({ "sturdy.event": "prepared-statements-off" }))
+      )
+  })
   const recorder = new DatabaseMetrics.Recorder()
   const statements = new StatementStats.Table(options.statementStatsSize ?? 500)
   const stack = yield* Stack.make({
@@ -739,15 +755,12 @@ export const make = Effect.fnUntraced(function* (
     key,
     recorder,
     statements,
+    sessions,
     idempotency: (fiber) => fiber.getRef(Idempotency)
   })
-  const afterBegin =
-    statementTimeout === undefined || statementTimeoutVia !== "transaction"
-      ? undefined
-      : `SET LOCAL statement_timeout = ${statementTimeout}`
   connectionGate = stack.connectionGate
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
-    new Stack.SqlConnection(connection, undefined, undefined, afterBegin)
+    new Stack.SqlConnection(connection, undefined, sessions)
   const acquire = stack.acquire(Effect.map(pool.get, toSqlConnection), "acquire")
   const reserve = stack.acquire(pool.reserve, "reserve")
   const borrower = stack.borrower

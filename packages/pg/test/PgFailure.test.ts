@@ -316,6 +316,16 @@ const cases = [
     expected: "not transient"
   },
   {
+    name: "26000 prepared statement does not exist (a pooler moved the session): not applied",
+    error: server((p) => new UnknownError(p), "26000", "query"),
+    expected: { tag: "PreparedStatementUnavailable", phase: "sent", outcome: "not-applied" }
+  },
+  {
+    name: "42P05 prepared statement already exists (a pooler moved the session): not applied",
+    error: server((p) => new UnknownError(p), "42P05", "query"),
+    expected: { tag: "PreparedStatementUnavailable", phase: "sent", outcome: "not-applied" }
+  },
+  {
     name: "another 08P01 (a protocol violation) stays ConnectionException",
     error: bouncer("invalid message length", "query"),
     expected: { tag: "ConnectionException", phase: "sent", outcome: "unknown" }

@@ -1,6 +1,6 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { PgFailure, ResilientPg } from "@sturdy/pg"
-import { PgBouncer, PgServer } from "@sturdy/testing"
+import { LogCapture, PgBouncer, PgServer } from "@sturdy/testing"
 import { Effect, Exit, Layer, Logger, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import { randomBytes } from "node:crypto"
@@ -58,6 +58,53 @@ describe("behind a real PgBouncer with its default configuration, with Sturdy's 
             [1, 2, 3]
           )
         }).pipe(Effect.scoped)
+    )
+
+    it.effect(
+      "transaction pooling under concurrency: 200 statements and 100 transactions on 4 connections all succeed (prepared statements turn off once, logged)",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const bouncer = yield* PgBouncer.make(server, { poolMode: "transaction" })
+          const table = `pooler_concurrent_${randomBytes(4).toString("hex")}`
+          yield* server.admin.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY)`)
+          yield* Effect.addFinalizer(() => Effect.ignore(server.execute(`DROP TABLE IF EXISTS ${table}`)))
+          const logs = yield* LogCapture.make
+          const exits = yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const statements = Array.from({ length: 200 }, (_, i) => sql`SELECT ${i}::int AS i`)
+            const transactions = Array.from({ length: 100 }, (_, i) =>
+              ResilientPg.withTransaction(
+                Effect.andThen(
+                  sql`INSERT INTO ${sql(table)} (id) VALUES (${i})`,
+                  sql`SELECT count(*) FROM ${sql(table)}`
+                )
+              )
+            )
+            return yield* Effect.forEach([...statements, ...transactions], Effect.exit, { concurrency: 12 })
+          }).pipe(
+            Effect.provide(
+              ResilientPg.layer({
+                url: bouncer.url,
+                applicationName: appName(),
+                maxConnections: 4,
+                backoffBase: "20 millis",
+                backoffJitter: "10 millis"
+              }).pipe(Layer.provide(logs.layer))
+            )
+          )
+          assert.deepStrictEqual(
+            exits.filter(Exit.isFailure).map((exit) => String(exit.cause)),
+            []
+          )
+          const [{ n }] = yield* server.admin<{ n: number }>`SELECT count(*)::int AS n FROM ${server.admin(table)}`
+          assert.strictEqual(n, 100)
+          const off = (yield* logs.entries).filter(
+            (entry) => entry.annotations["sturdy.event"] === "prepared-statements-off"
+          )
+          assert.strictEqual(off.length, 1)
+        }).pipe(Effect.scoped),
+      60_000
     )
 
     it.effect.each(poolModes)(

@@ -26,8 +26,6 @@ export interface PoolLike {
   readonly use: <A, E, R>(
     f: (connection: PgConnection.PgConnection) => Effect.Effect<A, E, R>
   ) => Effect.Effect<A, E | SqlError, R>
-  /** Retires a session: the pool replaces it instead of lending it again. */
-  readonly invalidate: (connection: PgConnection.PgConnection) => Effect.Effect<void>
 }
 
 export interface Options {
@@ -42,6 +40,8 @@ export interface Options {
   readonly key: string
   readonly recorder: DatabaseMetrics.Recorder
   readonly statements: StatementStats.Table
+  /** What the client's sessions share (prepared statements, retirement, what follows `BEGIN`). */
+  readonly sessions: Sessions
   /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
   readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
 }
@@ -117,10 +117,49 @@ const destroySocket = (connection: PgConnection.PgConnection): void => {
   base?.session?.socket?.destroy()
 }
 
+/**
+ * What every session of one client shares: how statements are prepared, how a
+ * session is retired, what runs after `BEGIN`.
+ */
+export class Sessions {
+  /**
+   * Whether statements use named prepared statements (the driver's cache).
+   * Turned off for good the first time a session shows that they do not
+   * survive between statements: a pooler in transaction mode (PgBouncer before
+   * 1.21, Supavisor, RDS Proxy) hands each transaction whichever server
+   * connection is free, where a statement prepared on another one does not
+   * exist (26000) or its name is taken (42P05). Unnamed statements work there.
+   */
+  prepare = true
+  /** Retires a session: the pool replaces it instead of lending it again. */
+  readonly retire: (connection: PgConnection.PgConnection) => Effect.Effect<void>
+  /** Run right after `BEGIN` (the transaction's `SET LOCAL statement_timeout`). */
+  readonly afterBegin: string | undefined
+  private readonly onUnprepared: () => void
+  constructor(options: {
+    readonly retire: (connection: PgConnection.PgConnection) => Effect.Effect<void>
+    readonly afterBegin?: string | undefined
+    /** Runs once, when prepared statements are turned off. */
+    readonly onUnprepared?: (() => void) | undefined
+  }) {
+    this.retire = options.retire
+    this.afterBegin = options.afterBegin
+    this.onUnprepared = options.onUnprepared ?? (() => {})
+  }
+  /** Notes a failure: one that shows prepared statements do not survive turns them off. */
+  failed(error: SqlError): void {
+    if (this.prepare && PgFailure.preparedStatementsUnavailable(error)) {
+      this.prepare = false
+      this.onUnprepared()
+    }
+  }
+}
+
 /** `@effect/sql`'s `Connection` over a native session, noting the SQL it runs in a `Call`. */
 export class SqlConnection implements Connection {
   readonly connection: PgConnection.PgConnection
   readonly call: Call | undefined
+  readonly sessions: Sessions
   /**
    * Set once a statement on this connection failed because the session itself
    * was lost. Only tracked for connections that outlive one statement
@@ -129,20 +168,12 @@ export class SqlConnection implements Connection {
    * into a defect that hides the caller's typed error.
    */
   broken = false
-  /** Statements bound to a call: retires the session a cancel request was sent on (see `finished`). */
-  readonly retire: ((connection: PgConnection.PgConnection) => Effect.Effect<void>) | undefined
-  /** Sessions that outlive a statement: run right after `BEGIN` (the transaction's `SET LOCAL statement_timeout`). */
-  readonly afterBegin: string | undefined
-  constructor(
-    connection: PgConnection.PgConnection,
-    call: Call | undefined,
-    retire?: (connection: PgConnection.PgConnection) => Effect.Effect<void>,
-    afterBegin?: string
-  ) {
+  /** Statements of this transaction that failed so far. */
+  private failures = 0
+  constructor(connection: PgConnection.PgConnection, call: Call | undefined, sessions: Sessions) {
     this.connection = connection
     this.call = call
-    this.retire = retire
-    this.afterBegin = afterBegin
+    this.sessions = sessions
   }
   /**
    * The statement ended, before the pool takes the session back: from now on
@@ -157,7 +188,7 @@ export class SqlConnection implements Connection {
     call.list?.remove(call)
     call.connection = undefined
   }
-  private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+  private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>, prepared: boolean): Effect.Effect<A, SqlError> {
     const call = this.call
     if (call !== undefined) {
       call.sql = sql
@@ -168,26 +199,45 @@ export class SqlConnection implements Connection {
         },
         onFailure: (error) => {
           this.finished(call)
-          return call.cancelSent && this.retire !== undefined
-            ? Effect.andThen(this.retire(this.connection), Effect.fail(error))
+          this.sessions.failed(error)
+          return call.cancelSent
+            ? Effect.andThen(this.sessions.retire(this.connection), Effect.fail(error))
             : Effect.fail(error)
         }
       })
     }
     const watched = Effect.catch(effect, (error) => {
+      // The driver re-runs a statement whose prepared plan the server does not have (26000) unnamed; inside a
+      // transaction the 26000 has already aborted it, so the re-run answers 25P02. As the transaction's first
+      // failure, a 25P02 can only be that: prepared statements do not survive here, and nothing was applied.
+      if (this.failures++ === 0 && prepared && PgFailure.sqlStateOf(error) === "25P02") {
+        const unavailable = PgFailure.preparedStatementUnavailable(error)
+        this.sessions.failed(unavailable)
+        return Effect.fail(unavailable)
+      }
+      this.sessions.failed(error)
       if (!PgFailure.sessionLost(error)) return Effect.fail(error)
       this.broken = true
       // The session is gone, and the transaction with it: there is nothing left to roll back.
       return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
     })
-    return this.afterBegin !== undefined && beginStatement.test(sql)
-      ? Effect.tap(watched, () => this.connection.query(this.afterBegin!, []))
+    const afterBegin = this.sessions.afterBegin
+    return afterBegin !== undefined && beginStatement.test(sql)
+      ? Effect.tap(watched, () =>
+          // `@effect/sql` rolls back only a transaction whose BEGIN succeeded: if what follows BEGIN fails, end the
+          // transaction here, or the session goes back to the pool inside an aborted transaction (and behind a
+          // transaction-mode pooler keeps its server connection so).
+          Effect.catch(this.executeRaw(afterBegin, []), (error) =>
+            Effect.andThen(Effect.ignore(this.connection.query("ROLLBACK", [], false)), Effect.fail(error))
+          )
+        )
       : watched
   }
-  private run(sql: string, params: ReadonlyArray<unknown>, prepare = true) {
+  private run(sql: string, params: ReadonlyArray<unknown>, prepare = this.sessions.prepare) {
     return this.watch(
       sql,
-      Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows)
+      Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows),
+      prepare
     )
   }
   execute(
@@ -198,13 +248,15 @@ export class SqlConnection implements Connection {
     return transformRows ? Effect.map(this.run(sql, params), transformRows) : this.run(sql, params)
   }
   executeRaw(sql: string, params: ReadonlyArray<unknown>) {
-    return this.watch(sql, this.connection.query(sql, params))
+    const prepare = this.sessions.prepare
+    return this.watch(sql, this.connection.query(sql, params, prepare), prepare)
   }
   executeValues(sql: string, params: ReadonlyArray<unknown>) {
-    return this.watch(sql, this.connection.queryValues(sql, params))
+    const prepare = this.sessions.prepare
+    return this.watch(sql, this.connection.queryValues(sql, params, prepare), prepare)
   }
   executeValuesUnprepared(sql: string, params: ReadonlyArray<unknown>) {
-    return this.watch(sql, this.connection.queryValues(sql, params, false))
+    return this.watch(sql, this.connection.queryValues(sql, params, false), false)
   }
   executeUnprepared(
     sql: string,
@@ -502,7 +554,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       inUse++
       call.sent = true
       call.connection = connection
-      return f(new SqlConnection(connection, call, pool.invalidate))
+      return f(new SqlConnection(connection, call, options.sessions))
     })
     const wait = takeSlot(call)
     if (wait === undefined) return use
