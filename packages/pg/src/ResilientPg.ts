@@ -23,10 +23,18 @@
  *   (statements beyond the pool's capacity wait in Sturdy's queue), so an
  *   exhausted pool is a typed `AttemptTimeout`, not a hang. When it passes
  *   during the statement, PostgreSQL gets a cancel request, and a session
- *   whose network stays silent is ended. The server-side `statement_timeout`
- *   is set to the same value at connection start-up, which bounds statements
- *   inside transactions too. One watchdog per client enforces the deadlines:
- *   no timer or fiber per statement.
+ *   whose network stays silent is ended (and retired: a late cancel never
+ *   reaches the session's next statement). The server-side
+ *   `statement_timeout` is set to the same value with `SET LOCAL` after each
+ *   transaction's `BEGIN`, which bounds statements inside transactions and
+ *   which every pooler accepts. One watchdog per client enforces the
+ *   deadlines: no timer or fiber per statement.
+ * - Circuit breaker: opens after 5 failed attempts for 1 s, doubling to 60 s;
+ *   the health monitor probes every 250 ms while it is open and closes it as
+ *   soon as the server answers. A rejected attempt is retried on the call's
+ *   backoff (`whenCircuitOpen`), and no new connection is opened while open.
+ * - Behind a pooler in transaction mode, prepared statements turn themselves
+ *   off the first time a session shows they do not survive.
  * - Transactions: statements inside `sql.withTransaction` run on the
  *   transaction's connection and are never retried one by one; acquiring that
  *   connection goes through retry and timeout.
