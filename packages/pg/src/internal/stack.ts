@@ -668,6 +668,27 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   const shouldRetry = (failure: unknown) =>
     isTransientError(failure) || (options.whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
+  // Calls waiting after a rejection, woken when the breaker closes.
+  const closedWaiters = new Set<() => void>()
+  const untilClosed = Effect.callback<void>((resume) => {
+    const wake = () => resume(Effect.void)
+    closedWaiters.add(wake)
+    return Effect.sync(() => {
+      closedWaiters.delete(wake)
+    })
+  })
+  yield* Effect.forkScoped(
+    Stream.runForEach(breaker.transitions, (transition) =>
+      transition.to === "Closed"
+        ? Effect.sync(() => {
+            const waiters = [...closedWaiters]
+            closedWaiters.clear()
+            for (const wake of waiters) wake()
+          })
+        : Effect.void
+    ),
+    { startImmediately: true }
+  )
   /** A rejected first attempt has no retry to wait for: fail-fast, or no retries at all. */
   const rejectionEndsTheCall = options.whenCircuitOpen === "fail-fast" || profile.retriesAfterFirst === 0
   const policy = Retry.schedule(
@@ -690,6 +711,13 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
         })
       )
+    ),
+    // ...but a call the breaker rejected need not sleep out its backoff once the breaker closes: it waits for
+    // whichever comes first, and retries at once when the server is back.
+    Schedule.modifyDelay((meta) =>
+      isCircuitOpen(meta.input)
+        ? Effect.as(Effect.raceFirst(Effect.sleep(meta.duration), untilClosed), Duration.zero)
+        : Effect.succeed(meta.duration)
     )
   )
 
