@@ -20,6 +20,7 @@
  * | `ConnectionsNotAllowed` | SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance) |
  * | `StatementTimeout` | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
  * | `ConnectionClosed` | the connection closed with no SQLSTATE (also PgBouncer's relay of a backend killed mid-statement, which the driver reports as "Unexpected ErrorResponse after ErrorResponse") |
+ * | `NoMatchingHost` | several hosts, none of the kind `target_session_attrs` wants (during a failover, before the promotion) |
  * | `PreparedStatementUnavailable` | SQLSTATE 26000 or 42P05 on a prepared statement: a pooler in transaction mode moved the session to another server connection. Nothing ran; the client stops preparing statements |
  * | `PoolerUnavailable` | a pooler answered for a server it cannot reach, or gave up waiting for one: PgBouncer's 08P01 `server login has been failing`, `pgbouncer cannot connect to server`, `server conn crashed?`, `query_wait_timeout`, `client_login_timeout`, its shutdown messages |
  * | `SerializationFailure` | SQLSTATE 40001, for whole transactions only |
@@ -121,6 +122,10 @@ export class PoolerUnavailable extends Schema.TaggedError<PoolerUnavailable>()("
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
+export class NoMatchingHost extends Schema.TaggedError<NoMatchingHost>()("NoMatchingHost", fields) {
+  readonly isRetryable = true
+}
+/** @since 0.1.0 @category reasons */
 export class PreparedStatementUnavailable extends Schema.TaggedError<PreparedStatementUnavailable>()(
   "PreparedStatementUnavailable",
   fields
@@ -163,6 +168,7 @@ export const TransientReason = Schema.Union([
   StatementTimeout,
   ConnectionClosed,
   PoolerUnavailable,
+  NoMatchingHost,
   PreparedStatementUnavailable,
   SerializationFailure,
   Deadlock
@@ -237,6 +243,8 @@ const sqlStateReasons: Record<string, (props: Transient.ReasonProps) => Transien
   "25006": (props) => new ReadOnlyTransaction(props),
   "57014": (props) => new StatementTimeout(props),
   "26000": (props) => new PreparedStatementUnavailable(props),
+  // The router's own: every host answered or failed, none is of the kind target_session_attrs wants (yet).
+  STURDY_NO_MATCHING_HOST: (props) => new NoMatchingHost({ ...props, phase: "connect" }),
   "42P05": (props) => new PreparedStatementUnavailable(props)
 }
 

@@ -81,6 +81,7 @@ import {
   Option,
   Predicate,
   Redacted,
+  Result,
   Schedule,
   Schema,
   Semaphore,
@@ -90,11 +91,13 @@ import * as Reactivity from "effect/reactivity/Reactivity"
 import * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Connection } from "effect/sql/SqlConnection"
-import { ConnectionError, isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
+import { isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
+import * as Router from "./internal/router.ts"
 import * as Stack from "./internal/stack.ts"
 import * as StatementStats from "./StatementStats.ts"
 import * as PgFailure from "./PgFailure.ts"
+import * as Target from "./Target.ts"
 import * as Net from "node:net"
 
 /**
@@ -104,6 +107,22 @@ import * as Net from "node:net"
 export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
   /** The profile whose defaults apply: `"development"` (default) or `"production"`. */
   readonly profile?: Profile.Name | undefined
+  /**
+   * Several hosts, walked in order (or shuffled, `loadBalanceHosts`) until one
+   * satisfies `targetSessionAttrs`; the URL's host list (`h1:5432,h2:5433`, or
+   * `?host=h1,h2&port=...`) does the same. Replaces `host` and `port`.
+   */
+  readonly hosts?: ReadonlyArray<{ readonly host: string; readonly port?: number | undefined }> | undefined
+  /**
+   * Which server to accept, with libpq's meaning: `"any"` (default),
+   * `"read-write"`, `"read-only"`, `"primary"`, `"standby"`,
+   * `"prefer-standby"`. The URL's `target_session_attrs` does the same.
+   */
+  readonly targetSessionAttrs?: Target.SessionAttrs | undefined
+  /** `"disable"` (default): hosts in order; `"random"`: shuffled for each walk. The URL's `load_balance_hosts`. */
+  readonly loadBalanceHosts?: "disable" | "random" | undefined
+  /** Where `url` came from, for the error a bad URL gets: `"url"` (default), `"DATABASE_URL"` from `layerConfig`. */
+  readonly urlSource?: string | undefined
   /**
    * The server-side `statement_timeout`. Defaults to the attempt timeout;
    * `"off"` leaves the server's setting alone.
@@ -473,15 +492,6 @@ const CurrentCommitAttempt = Context.Reference<CommitAttempt | undefined>("@stur
 
 const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
 
-const isPostgresUrl = (url: string): boolean => {
-  try {
-    const protocol = new URL(url).protocol
-    return protocol === "postgres:" || protocol === "postgresql:"
-  } catch {
-    return false
-  }
-}
-
 const validateOptions = (options: Options): Profile.Profile => {
   const fn = "ResilientPg.make"
   const profileName = options.profile ?? "development"
@@ -497,6 +507,23 @@ const validateOptions = (options: Options): Profile.Profile => {
     throw new RangeError(
       `${fn}: whenCircuitOpen must be "fail-fast" or "wait-and-retry", got ${JSON.stringify(whenCircuitOpen)}`
     )
+  }
+  if (options.targetSessionAttrs !== undefined && !Target.sessionAttrs.includes(options.targetSessionAttrs)) {
+    throw new RangeError(
+      `${fn}: targetSessionAttrs must be one of ${Target.sessionAttrs.join(", ")}, got ${JSON.stringify(options.targetSessionAttrs)}`
+    )
+  }
+  if (
+    options.loadBalanceHosts !== undefined &&
+    options.loadBalanceHosts !== "disable" &&
+    options.loadBalanceHosts !== "random"
+  ) {
+    throw new RangeError(
+      `${fn}: loadBalanceHosts must be "disable" or "random", got ${JSON.stringify(options.loadBalanceHosts)}`
+    )
+  }
+  if (options.hosts !== undefined && options.hosts.length === 0) {
+    throw new RangeError(`${fn}: hosts must list at least one host`)
   }
   const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
   if (statementTimeoutVia !== "transaction" && statementTimeoutVia !== "startup") {
@@ -524,44 +551,49 @@ const statementTimeoutMillis = (options: Options, profile: Profile.Profile): num
 }
 
 /**
- * Where the pool's TCP connections go, when the client can open them itself
- * to count them (plain host and port, no custom stream, no unix socket, no
- * keepalive settings to reproduce).
+ * The target from the options: the URL's (libpq syntax, several hosts
+ * allowed), or the host options given in code.
  */
-const tcpTarget = (options: Options): { readonly host: string; readonly port: number } | undefined => {
-  if (options.stream !== undefined || options.path !== undefined || options.keepAlive !== undefined) return undefined
-  let host = options.host
-  let port = options.port
-  if (options.url !== undefined) {
-    const url = new URL(Redacted.value(options.url))
-    if (url.searchParams.has("host") || url.searchParams.has("port") || url.hostname.includes(",")) return undefined
-    host ??= decodeURIComponent(url.hostname.replace(/^\[(.*)\]$/, "$1")) || undefined
-    port ??= url.port === "" ? undefined : Number(url.port)
-  }
-  host ??= "localhost"
-  if (host.startsWith("/")) return undefined
-  return { host, port: port ?? 5432 }
+const targetOf = (options: Options): Result.Result<Target.Target, Target.InvalidUrl> => {
+  const fromUrl =
+    options.url === undefined ? undefined : Target.parse(Redacted.value(options.url), options.urlSource ?? "url")
+  if (fromUrl !== undefined && Result.isFailure(fromUrl)) return fromUrl
+  const base = fromUrl?.success
+  const hosts =
+    options.hosts?.map((h) => ({ host: h.host, port: h.port ?? 5432 })) ??
+    (options.host !== undefined || options.port !== undefined || base === undefined
+      ? [
+          {
+            host: options.host ?? base?.hosts[0]?.host ?? "localhost",
+            port: options.port ?? base?.hosts[0]?.port ?? 5432
+          }
+        ]
+      : base.hosts)
+  return Result.succeed({
+    hosts,
+    username: options.username ?? base?.username,
+    password: base?.password,
+    database: options.database ?? base?.database,
+    targetSessionAttrs: options.targetSessionAttrs ?? base?.targetSessionAttrs ?? "any",
+    loadBalanceHosts: options.loadBalanceHosts ?? base?.loadBalanceHosts ?? "disable",
+    connectTimeout: base?.connectTimeout,
+    parameters: base?.parameters ?? []
+  })
 }
 
 /** The breaker's key: one circuit per database, never the credentials. */
-const databaseKey = (options: Options): string => {
-  let host = options.host
-  let port = options.port
-  let database = options.database
-  if (options.url !== undefined) {
-    const url = new URL(Redacted.value(options.url))
-    host ??= url.hostname || url.searchParams.get("host") || undefined
-    port ??= url.port === "" ? undefined : Number(url.port)
-    database ??= decodeURIComponent(url.pathname.slice(1)) || undefined
-  }
-  return `${host ?? "localhost"}:${port ?? 5432}/${database ?? options.username ?? "postgres"}`
-}
+const databaseKey = (target: Target.Target, options: Options): string =>
+  `${target.hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${target.database ?? options.username ?? "postgres"}`
 
 /**
  * The health probe's session: kept between probes, replaced when it dies or
  * when a probe asks for a fresh one. `onLost` runs when a kept session dies.
  */
-const makeProbeSessions = Effect.fnUntraced(function* (config: PgConnection.Config, onLost: () => void) {
+const makeProbeSessions = Effect.fnUntraced(function* (
+  connect: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>,
+  verify: (connection: PgConnection.PgConnection) => Effect.Effect<unknown, SqlError>,
+  onLost: () => void
+) {
   let current: { readonly connection: PgConnection.PgConnection; readonly scope: Scope.Closeable } | undefined
   const lock = yield* Semaphore.make(1)
   const drop = Effect.suspend(() => {
@@ -572,7 +604,7 @@ const makeProbeSessions = Effect.fnUntraced(function* (config: PgConnection.Conf
   yield* Effect.addFinalizer(() => drop)
   const open = Effect.gen(function* () {
     const scope = yield* Scope.make()
-    const connection = yield* PgConnection.make(config).pipe(
+    const connection = yield* connect.pipe(
       Scope.provide(scope),
       Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, exit)))
     )
@@ -586,13 +618,11 @@ const makeProbeSessions = Effect.fnUntraced(function* (config: PgConnection.Conf
     current = session
     return connection
   })
-  const probe = (mode: "reuse" | "fresh"): Effect.Effect<PgConnection.Result, SqlError> =>
+  const probe = (mode: "reuse" | "fresh"): Effect.Effect<unknown, SqlError> =>
     lock.withPermit(
       Effect.gen(function* () {
         if (mode === "fresh") yield* drop
-        const connection = current?.connection ?? (yield* open)
-        // Unnamed: behind a pooler in transaction mode the next probe may reach another server connection.
-        return yield* connection.query("SELECT 1", [], false)
+        return yield* verify(current?.connection ?? (yield* open))
       }).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : drop)))
     )
   return { probe }
@@ -650,24 +680,20 @@ const transitionLog = (transition: Breaker.Transition) => {
  */
 export const make = Effect.fnUntraced(function* (
   options: Options
-): Effect.fn.Return<Built, SqlError | HealthMonitor.StartupHealthCheckFailed, Scope.Scope | Reactivity.Reactivity> {
+): Effect.fn.Return<
+  Built,
+  SqlError | HealthMonitor.StartupHealthCheckFailed | Target.InvalidUrl,
+  Scope.Scope | Reactivity.Reactivity
+> {
   const profile = validateOptions(options)
-  if (options.url !== undefined && !isPostgresUrl(Redacted.value(options.url))) {
-    // The driver would report this with the parser's error, whose `input` is the whole URL, password included.
-    return yield* Effect.fail(
-      new SqlError({
-        reason: new ConnectionError({
-          cause: new Error("url is not a valid postgres:// or postgresql:// URL"),
-          message: "ResilientPg: url is not a valid postgres:// or postgresql:// URL",
-          operation: "connect"
-        })
-      })
-    )
-  }
+  // The driver would report a bad URL with the parser's error, whose `input` is the whole URL, password included.
+  const parsedTarget = targetOf(options)
+  if (Result.isFailure(parsedTarget)) return yield* Effect.fail(parsedTarget.failure)
+  const target = parsedTarget.success
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
   const statementTimeout = statementTimeoutMillis(options, profile)
   const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
-  const key = databaseKey(options)
+  const key = databaseKey(target, options)
   const maxConnections = options.maxConnections ?? 10
 
   yield* Effect.logInfo("Initializing the resilient PostgreSQL client").pipe(
@@ -688,30 +714,86 @@ export const make = Effect.fnUntraced(function* (
   )
 
   // Every session is opened with the same settings (the pool's, the health probe's, commit resolution's), so a
-  // setting a pooler refuses fails the probe too instead of letting it report healthy.
-  const sessionConfig: PgConnection.Config = {
+  // setting a pooler refuses fails the probe too instead of letting it report healthy. The driver reads one host:
+  // each host of the target gets the same URL (credentials, database, driver parameters) with that host alone.
+  const startupParameters =
+    statementTimeout === undefined || statementTimeoutVia !== "startup"
+      ? options.startupParameters
+      : { statement_timeout: String(statementTimeout), ...options.startupParameters }
+  const sessionConfigFor = (host: Target.Host): PgConnection.Config => ({
     ...options,
-    startupParameters:
-      statementTimeout === undefined || statementTimeoutVia !== "startup"
-        ? options.startupParameters
-        : { statement_timeout: String(statementTimeout), ...options.startupParameters }
-  }
+    ...(options.url !== undefined && { url: Target.singleHostUrl(target, host) }),
+    host: host.host,
+    port: host.port,
+    connectTimeout: options.connectTimeout ?? target.connectTimeout,
+    startupParameters
+  })
   // Counting the pool's sockets is the only way to know how many connections it holds; opening them here also lets
-  // the breaker refuse every one while it is open (the pool itself retries a failed connection for its waiters).
-  const target = tcpTarget(options)
+  // the breaker refuse every one while it is open (the pool itself retries a failed connection for its waiters), and
+  // sends every new one to the host the router chose.
+  const countSockets = options.stream === undefined && options.path === undefined
   let openSockets = 0
   let socketsOpened = 0
   let connectionGate = (): Breaker.CircuitOpen | undefined => undefined
+  let onServerChanged = () => {}
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const sessions = new Stack.Sessions({
+    retire: (connection) => pool.invalidate(connection),
+    afterBegin:
+      statementTimeout === undefined || statementTimeoutVia !== "transaction"
+        ? undefined
+        : `SET LOCAL statement_timeout = ${statementTimeout}`,
+    evictOnReadOnly: !["read-only", "standby", "prefer-standby"].includes(target.targetSessionAttrs),
+    onUnprepared: () =>
+      runFork(
+        Effect.logWarning(
+          "Prepared statements do not survive between statements here (a pooler in transaction mode): statements run unnamed from now on"
+        ).pipe(Effect.annotateLogs({ "sturdy.event": "prepared-statements-off" }))
+      ),
+    onServerChanged: () => onServerChanged()
+  })
+  const router = Router.make({
+    target,
+    connect: (host) =>
+      PgConnection.make({
+        ...sessionConfigFor(host),
+        applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
+        connectTimeout: profile.healthCheckTimeout
+      }),
+    moved: (from, to) => {
+      sessions.moved()
+      runFork(
+        Effect.logWarning(`The target moved: new connections go to ${to.host}:${to.port}`).pipe(
+          Effect.annotateLogs({
+            "sturdy.event": "failover",
+            "sturdy.from": `${from.host}:${from.port}`,
+            "sturdy.to": `${to.host}:${to.port}`
+          })
+        )
+      )
+    }
+  })
+  const first = target.hosts[0]!
   const pool = yield* PgPool.make({
-    ...options,
-    ...sessionConfig,
+    ...sessionConfigFor(first),
     // A connection that never completes its start-up is an attempt that never ends: bound it by the attempt timeout.
-    connectTimeout: options.connectTimeout ?? profile.attemptTimeout,
-    ...(target !== undefined && {
+    connectTimeout: options.connectTimeout ?? target.connectTimeout ?? profile.attemptTimeout,
+    ...(countSockets && {
       stream: () => {
         const refused = connectionGate()
         if (refused !== undefined) throw refused
-        const socket = Net.connect({ host: target.host, port: target.port, noDelay: true })
+        const host = router.current()
+        if (host === undefined) throw Router.noMatchingHost(target)
+        const socket = Net.connect({
+          host: host.host,
+          port: host.port,
+          noDelay: true,
+          ...(options.keepAlive !== undefined && {
+            keepAlive: true,
+            keepAliveInitialDelay: Duration.toMillis(Duration.fromInputUnsafe(options.keepAlive))
+          })
+        })
+        sessions.mark(socket)
         openSockets++
         socketsOpened++
         socket.once("close", () => openSockets--)
@@ -735,21 +817,6 @@ export const make = Effect.fnUntraced(function* (
     }))
   yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
 
-  const afterBegin =
-    statementTimeout === undefined || statementTimeoutVia !== "transaction"
-      ? undefined
-      : `SET LOCAL statement_timeout = ${statementTimeout}`
-  const runFork = Effect.runForkWith(yield* Effect.context<never>())
-  const sessions = new Stack.Sessions({
-    retire: pool.invalidate,
-    afterBegin,
-    onUnprepared: () =>
-      runFork(
-        Effect.logWarning(
-          "Prepared statements do not survive between statements here (a pooler in transaction mode): statements run unnamed from now on"
-        ).pipe(Effect.annotateLogs({ "sturdy.event": "prepared-statements-off" }))
-      )
-  })
   const recorder = new DatabaseMetrics.Recorder()
   const statements = new StatementStats.Table(options.statementStatsSize ?? 500)
   const stack = yield* Stack.make({
@@ -788,7 +855,7 @@ export const make = Effect.fnUntraced(function* (
     Effect.scoped(
       Effect.flatMap(
         PgConnection.make({
-          ...sessionConfig,
+          ...sessionConfigFor(router.current() ?? first),
           applicationName: `${options.applicationName ?? "@effect/sql-pg"} commit-resolution`,
           connectTimeout
         }),
@@ -906,11 +973,14 @@ export const make = Effect.fnUntraced(function* (
   // open, every probe opens a fresh session, as the pool would have to, and its success closes the circuit.
   let onSessionLost = () => {}
   const probeSessions = yield* makeProbeSessions(
-    {
-      ...sessionConfig,
-      applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
-      connectTimeout: profile.healthCheckTimeout
-    },
+    router.routed
+      ? router.discover
+      : PgConnection.make({
+          ...sessionConfigFor(first),
+          applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
+          connectTimeout: profile.healthCheckTimeout
+        }),
+    router.verify,
     () => onSessionLost()
   )
   const circuitClosed = Effect.map(breaker.state(key), (state) => state._tag === "Closed")
@@ -931,6 +1001,7 @@ export const make = Effect.fnUntraced(function* (
     }
   })
   onSessionLost = () => Effect.runSync(health.checkSoon)
+  onServerChanged = onSessionLost
   yield* Effect.forkScoped(
     Stream.runForEach(breaker.transitions, (transition) => (transition.to === "Open" ? health.checkSoon : Effect.void)),
     { startImmediately: true }
@@ -947,9 +1018,9 @@ export const make = Effect.fnUntraced(function* (
 
   const pool_ = (): DatabaseMetrics.PoolStats => ({
     max: maxConnections,
-    open: target === undefined ? undefined : openSockets,
+    open: countSockets ? openSockets : undefined,
     inUse: stack.inUse(),
-    idle: target === undefined ? undefined : Math.max(0, openSockets - stack.inUse()),
+    idle: countSockets ? Math.max(0, openSockets - stack.inUse()) : undefined,
     waiting: stack.waiting()
   })
   const metrics = yield* DatabaseMetrics.make({
@@ -977,7 +1048,7 @@ export const make = Effect.fnUntraced(function* (
           failed: recorder.failed,
           outcomeUnknown: recorder.outcomeUnknown,
           rejections: recorder.rejections,
-          connectionsOpened: target === undefined ? undefined : socketsOpened
+          connectionsOpened: countSockets ? socketsOpened : undefined
         })
       ),
       breakerState: breaker.state(key),
@@ -1022,7 +1093,9 @@ export type Provided =
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed> =>
+export const layer = (
+  options: Options
+): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Target.InvalidUrl> =>
   Layer.effectContext(
     Effect.map(make(options), (built) =>
       Context.make(PgClient.PgClient, built.client).pipe(
@@ -1037,7 +1110,10 @@ export const layer = (options: Options): Layer.Layer<Provided, SqlError | Health
 const databaseUrl = Config.schema(
   Schema.Redacted(
     Schema.String.check(
-      Schema.makeFilter((url: string) => isPostgresUrl(url) || "Expected a postgres:// or postgresql:// URL")
+      Schema.makeFilter((url: string) => {
+        const parsed = Target.parse(url, "DATABASE_URL")
+        return Result.isSuccess(parsed) || parsed.failure.problem
+      })
     )
   ),
   "DATABASE_URL"
@@ -1057,6 +1133,7 @@ const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<
     Config.map(
       ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
         url,
+        urlSource: "DATABASE_URL",
         profile: profile.name,
         retriesAfterFirst: profile.retriesAfterFirst,
         backoffBase: profile.backoffBase,
@@ -1103,7 +1180,7 @@ export const config: Config.Config<Options> = settings(databaseUrl)
  */
 export const layerConfig = (
   options?: Options
-): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Config.ConfigError> =>
+): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Target.InvalidUrl | Config.ConfigError> =>
   Layer.unwrap(
     Effect.map(options?.url === undefined ? config : settings(Config.succeed(options.url)), (fromEnv) =>
       layer(
@@ -1127,10 +1204,9 @@ const dropUndefined = <A extends object>(options: A): A =>
  * @category utils
  */
 export const describeUrl = (url: Redacted.Redacted<string>): string => {
-  try {
-    const parsed = new URL(Redacted.value(url))
-    return `${parsed.protocol}//${parsed.username ? `${parsed.username}@` : ""}${parsed.host}${parsed.pathname}`
-  } catch {
-    return "<invalid url>"
-  }
+  const parsed = Target.parse(Redacted.value(url), "url")
+  if (Result.isFailure(parsed)) return "<invalid url>"
+  const target = parsed.success
+  const hosts = target.hosts.map((h) => `${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`).join(",")
+  return `postgres://${target.username === undefined ? "" : `${target.username}@`}${hosts}/${target.database ?? ""}`
 }

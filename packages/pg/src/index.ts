@@ -4,3 +4,4 @@
 export * as PgFailure from "./PgFailure.ts"
 export * as ResilientPg from "./ResilientPg.ts"
 export * as StatementStats from "./StatementStats.ts"
+export * as Target from "./Target.ts"

@@ -131,29 +131,85 @@ export class Sessions {
    * exist (26000) or its name is taken (42P05). Unnamed statements work there.
    */
   prepare = true
+  /**
+   * Moves on when the server behind the connections changed (discovery chose
+   * another host, or a connection answered 25006 where writes were wanted):
+   * connections opened in an earlier epoch are retired the next time they are
+   * lent, instead of each failing one call first. 0 until the first move, so
+   * the common case checks nothing.
+   */
+  epoch = 0
   /** Retires a session: the pool replaces it instead of lending it again. */
   readonly retire: (connection: PgConnection.PgConnection) => Effect.Effect<void>
   /** Run right after `BEGIN` (the transaction's `SET LOCAL statement_timeout`). */
   readonly afterBegin: string | undefined
+  /**
+   * Whether a 25006 means the server is not what the target wants (writes
+   * wanted), rather than the caller's write on a standby it asked for.
+   */
+  readonly evictOnReadOnly: boolean
   private readonly onUnprepared: () => void
+  private readonly onServerChanged: () => void
   constructor(options: {
     readonly retire: (connection: PgConnection.PgConnection) => Effect.Effect<void>
     readonly afterBegin?: string | undefined
+    readonly evictOnReadOnly?: boolean | undefined
     /** Runs once, when prepared statements are turned off. */
     readonly onUnprepared?: (() => void) | undefined
+    /** Runs when a connection shows its server changed (25006 where writes are wanted, a shutdown): rediscover. */
+    readonly onServerChanged?: (() => void) | undefined
   }) {
     this.retire = options.retire
     this.afterBegin = options.afterBegin
+    this.evictOnReadOnly = options.evictOnReadOnly ?? true
     this.onUnprepared = options.onUnprepared ?? (() => {})
+    this.onServerChanged = options.onServerChanged ?? (() => {})
   }
-  /** Notes a failure: one that shows prepared statements do not survive turns them off. */
-  failed(error: SqlError): void {
+  /** Stamps a new socket with the current epoch. */
+  mark(socket: object): void {
+    ;(socket as Record<symbol, number>)[epochKey] = this.epoch
+  }
+  /** Whether a connection was opened before the last move. */
+  stale(connection: PgConnection.PgConnection): boolean {
+    const internals = (connection as unknown as Record<string, { readonly base?: unknown } | undefined>)[internalsKey]
+    const base = internals?.base as { readonly session?: { readonly socket?: Record<symbol, number> } } | undefined
+    const stamp = base?.session?.socket?.[epochKey]
+    return stamp !== undefined && stamp < this.epoch
+  }
+  /** The server behind the connections changed: connections from before are retired as they come back. */
+  moved(): void {
+    this.epoch++
+  }
+  /**
+   * Notes a failure on `connection`: prepared statements that do not survive
+   * turn them off; a read-only answer where writes are wanted, or a shutdown,
+   * means the server changed: the epoch moves on (once per epoch), the
+   * connection is retired and discovery runs.
+   */
+  failed(error: SqlError, connection: PgConnection.PgConnection): Effect.Effect<void> {
     if (this.prepare && PgFailure.preparedStatementsUnavailable(error)) {
       this.prepare = false
       this.onUnprepared()
     }
+    const code = PgFailure.sqlStateOf(error)
+    if (code === "25006" && this.evictOnReadOnly) {
+      if (!this.stale(connection)) this.moved()
+      this.onServerChanged()
+      return this.retire(connection)
+    }
+    if (code === "57P01" || code === "57P02") this.onServerChanged()
+    return Effect.void
   }
 }
+
+const epochKey = Symbol.for("@sturdy/pg/Sessions/epoch")
+
+/** A lent connection from an earlier epoch: retired, and the lending tried again. */
+class StaleConnection {
+  readonly _tag = "StaleConnection"
+}
+const staleConnection = new StaleConnection()
+const isStaleConnection = (u: unknown): u is StaleConnection => u === staleConnection
 
 /** `@effect/sql`'s `Connection` over a native session, noting the SQL it runs in a `Call`. */
 export class SqlConnection implements Connection {
@@ -188,6 +244,13 @@ export class SqlConnection implements Connection {
     call.list?.remove(call)
     call.connection = undefined
   }
+  /** A failure on a session that outlives its statement: a lost session leaves nothing to roll back. */
+  private afterFailure<A>(sql: string, error: SqlError): Effect.Effect<A, SqlError> {
+    if (!PgFailure.sessionLost(error)) return Effect.fail(error)
+    this.broken = true
+    // The session is gone, and the transaction with it: there is nothing left to roll back.
+    return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
+  }
   private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>, prepared: boolean): Effect.Effect<A, SqlError> {
     const call = this.call
     if (call !== undefined) {
@@ -199,10 +262,9 @@ export class SqlConnection implements Connection {
         },
         onFailure: (error) => {
           this.finished(call)
-          this.sessions.failed(error)
-          return call.cancelSent
-            ? Effect.andThen(this.sessions.retire(this.connection), Effect.fail(error))
-            : Effect.fail(error)
+          const noted = this.sessions.failed(error, this.connection)
+          const retired = call.cancelSent ? Effect.andThen(noted, this.sessions.retire(this.connection)) : noted
+          return Effect.andThen(retired, Effect.fail(error))
         }
       })
     }
@@ -212,14 +274,9 @@ export class SqlConnection implements Connection {
       // failure, a 25P02 can only be that: prepared statements do not survive here, and nothing was applied.
       if (this.failures++ === 0 && prepared && PgFailure.sqlStateOf(error) === "25P02") {
         const unavailable = PgFailure.preparedStatementUnavailable(error)
-        this.sessions.failed(unavailable)
-        return Effect.fail(unavailable)
+        return Effect.andThen(this.sessions.failed(unavailable, this.connection), Effect.fail(unavailable))
       }
-      this.sessions.failed(error)
-      if (!PgFailure.sessionLost(error)) return Effect.fail(error)
-      this.broken = true
-      // The session is gone, and the transaction with it: there is nothing left to roll back.
-      return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
+      return Effect.andThen(this.sessions.failed(error, this.connection), this.afterFailure<A>(sql, error))
     })
     const afterBegin = this.sessions.afterBegin
     return afterBegin !== undefined && beginStatement.test(sql)
@@ -549,13 +606,28 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     waiting++
     call.deadline = clock.currentTimeMillisUnsafe() + timeoutMillis
     inFlight.add(call)
-    const use = pool.use((connection) => {
+    const sessions = options.sessions
+    const lend = (connection: PgConnection.PgConnection) => {
       waiting--
       inUse++
       call.sent = true
       call.connection = connection
-      return f(new SqlConnection(connection, call, options.sessions))
-    })
+      return f(new SqlConnection(connection, call, sessions))
+    }
+    // After the server behind the connections changed, a connection from before is retired and another lent.
+    const use: Effect.Effect<A, E | SqlError, R> =
+      sessions.epoch === 0
+        ? pool.use(lend)
+        : (Effect.catchIf(
+            pool.use(
+              (connection): Effect.Effect<A, E | StaleConnection, R> =>
+                sessions.stale(connection)
+                  ? Effect.andThen(sessions.retire(connection), Effect.fail(staleConnection))
+                  : lend(connection)
+            ),
+            isStaleConnection,
+            () => Effect.suspend(() => use)
+          ) as Effect.Effect<A, E | SqlError, R>)
     const wait = takeSlot(call)
     if (wait === undefined) return use
     return Effect.andThen(
