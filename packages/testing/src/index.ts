@@ -4,5 +4,6 @@
 export * as FaultProxy from "./FaultProxy.ts"
 export * as LogCapture from "./LogCapture.ts"
 export * as PgBouncer from "./PgBouncer.ts"
+export * as PgCluster from "./PgCluster.ts"
 export * as PgServer from "./PgServer.ts"
 export * as ServerFaults from "./ServerFaults.ts"
