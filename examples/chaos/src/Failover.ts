@@ -3,7 +3,8 @@
  * side: plain `@effect/sql-pg` pointed at the primary (one host, as users
  * have it today) and Sturdy with its default options and the multi-host URL
  * (`target_session_attrs=read-write`), both writing at a fixed rate while the
- * primary is killed (`pg_ctl stop -m immediate`) and the standby promoted.
+ * primary is killed (`pg_ctl stop -m immediate`) or stopped for a switchover
+ * (`-m fast`) and the standby promoted.
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
@@ -39,7 +40,13 @@ export const readWriteUrl = (cluster: PgCluster.PgClusterService) =>
 
 export const run = (
   cluster: PgCluster.PgClusterService,
-  options: { readonly perSecond?: number; readonly beforeMillis?: number; readonly afterMillis?: number } = {}
+  options: {
+    readonly perSecond?: number
+    readonly beforeMillis?: number
+    readonly afterMillis?: number
+    /** `"immediate"`: the primary dies (unplanned); `"fast"`: a planned switchover. */
+    readonly stop?: "immediate" | "fast"
+  } = {}
 ): Effect.Effect<Result, unknown, Scope.Scope> =>
   Effect.gen(function* () {
     const [first, second] = cluster.nodes
@@ -76,7 +83,7 @@ export const run = (
     )
     yield* Effect.sleep(options.beforeMillis ?? 2000)
     const killedAt = performance.now()
-    yield* first.stop("immediate")
+    yield* first.stop(options.stop ?? "immediate")
     yield* second.promote
     const promotedAt = performance.now()
     yield* Effect.sleep(options.afterMillis ?? 5000)
@@ -116,7 +123,7 @@ export const describe = (result: Result): string => {
       .map(([reason, n]) => `${reason} ${n}`)
       .join(", ")}`
   return [
-    `unplanned failover (kill to promotion ${(result.promoteMillis / 1000).toFixed(2)} s):`,
+    `failover (stop to promotion ${(result.promoteMillis / 1000).toFixed(2)} s):`,
     line("plain @effect/sql-pg, one host", result.plain),
     line("Sturdy, defaults, multi-host URL", result.sturdy)
   ].join("\n")

@@ -85,6 +85,28 @@ describe("failover on a real primary + synchronous standby", () => {
   )
 
   it.live(
+    "planned switchover (fast stop, then promote), 20 writes/s: the first acknowledged write after the promotion within 1 s, 0 lost, 0 duplicated",
+    () =>
+      Effect.gen(function* () {
+        const cluster = yield* PgCluster.make()
+        yield* cluster.waitForStreaming
+        const result = yield* Failover.run(cluster, { stop: "fast" })
+        process.stdout.write(`\nswitchover: ${Failover.describe(result)}\n`)
+        assert.isBelow(
+          result.sturdy.firstAckAfterPromoteMillis ?? Number.POSITIVE_INFINITY,
+          1000,
+          Failover.describe(result)
+        )
+        assert.strictEqual(result.sturdy.lost, 0)
+        assert.strictEqual(result.sturdy.duplicated, 0)
+        for (const reason of Object.keys(result.sturdy.failuresByReason)) {
+          assert.match(reason, /^(TransientError|OutcomeUnknown|CircuitOpen)/, Failover.describe(result))
+        }
+      }).pipe(Effect.scoped),
+    90_000
+  )
+
+  it.live(
     "every target_session_attrs value, both host orders, lands where libpq lands",
     () =>
       Effect.gen(function* () {
