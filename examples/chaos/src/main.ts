@@ -9,13 +9,13 @@
  * Options: --duration SECONDS (per run, default 30), --concurrency N (default
  * 8: N x 10 requests per second, arriving at a fixed rate), --scenario NAME
  * (mixed, latency, resets, restart, restart-3s, pgbouncer-restart, 57P03,
- * blackhole), --when-circuit-open (wait-and-retry, the library's default, or
+ * blackhole, failover), --when-circuit-open (wait-and-retry, the library's default, or
  * fail-fast), --json (a machine-readable summary instead of the table).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { FaultProxy, PgBouncer, PgServer, ServerFaults } from "@sturdy/testing"
+import { FaultProxy, PgBouncer, PgCluster, PgServer, ServerFaults } from "@sturdy/testing"
 import {
   Config,
   Context,
@@ -33,6 +33,7 @@ import {
 import * as Reactivity from "effect/reactivity/Reactivity"
 import { SqlClient } from "effect/sql"
 import { parseArgs } from "node:util"
+import * as Failover from "./Failover.ts"
 import * as Runner from "./Runner.ts"
 import * as Workload from "./Workload.ts"
 
@@ -152,8 +153,12 @@ const scenarios: Record<string, ReadonlyArray<Phase>> = {
   "pgbouncer-restart": [{ ...phases["pgbouncer-restart"], from: 0.3, to: 0.3, seconds: 3 }]
 }
 const script =
-  scenarios[args.scenario] ??
-  fail(`--scenario must be one of ${Object.keys(scenarios).join(", ")}, got ${JSON.stringify(args.scenario)}`)
+  args.scenario === "failover"
+    ? []
+    : (scenarios[args.scenario] ??
+      fail(
+        `--scenario must be one of ${[...Object.keys(scenarios), "failover"].join(", ")}, got ${JSON.stringify(args.scenario)}`
+      ))
 
 // --- The two clients ---------------------------------------------------------
 
@@ -372,7 +377,31 @@ const summaryTable = (summaries: ReadonlyArray<Summary>) => {
     .join("\n")
 }
 
+/**
+ * `--scenario failover`: a real primary and synchronous standby (PgCluster); plain on the primary's address, Sturdy
+ * on the multi-host URL, both writing; the primary is killed and the standby promoted.
+ */
+const failover: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
+  if (!args.json) {
+    yield* write(
+      "Starting a primary and a synchronous streaming standby (embedded PostgreSQL 18 binaries)...\n" +
+        `Workload: ${concurrency * 10} inserts/s per client (--concurrency ${concurrency} x 10/s), plain inserts with client ids, both clients at once.\n` +
+        `Script: the primary is killed (pg_ctl stop -m immediate) after ${Math.round(durationSeconds / 3)} s and the standby promoted; the run ends ${Math.round((durationSeconds * 2) / 3)} s later.\n` +
+        "plain @effect/sql-pg: the primary's address, as users have it today. Sturdy: its default options and the multi-host URL with target_session_attrs=read-write.\n\n"
+    )
+  }
+  const cluster = yield* PgCluster.make()
+  yield* cluster.waitForStreaming
+  const result = yield* Failover.run(cluster, {
+    perSecond: concurrency * 10,
+    beforeMillis: (durationSeconds * 1000) / 3,
+    afterMillis: (durationSeconds * 2000) / 3
+  })
+  yield* write(args.json ? `${JSON.stringify(result, null, 2)}\n` : `${Failover.describe(result)}\n`)
+})
+
 const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
+  if (args.scenario === "failover") return yield* failover
   const databaseUrl = yield* Config.option(Config.Redacted("DATABASE_URL"))
   const server = Option.isSome(databaseUrl) ? undefined : yield* PgServer.makeEmbedded
   const external = Option.isSome(databaseUrl) ? yield* Layer.build(PgServer.layer) : undefined
