@@ -47,6 +47,8 @@ describe("ResilientPg.config", () => {
     ["DATABASE_URL", "not a url"],
     ["DATABASE_URL", `mysql://app:${secret}@db:3306/app`],
     ["DATABASE_URL", `postgres://app:${secret}@db:notaport/app`],
+    ["DATABASE_URL", "postgres://%%%"],
+    ["DATABASE_URL", `postgres://app:${secret}@h1,h2/app?target_session_attrs=writable`],
     ["STURDY_POOL_SIZE", "0"],
     ["STURDY_POOL_SIZE", "many"],
     ["STURDY_SENT_PHASE_RETRY", "sometimes"],
