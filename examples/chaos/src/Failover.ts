@@ -23,6 +23,9 @@ export interface Side {
   readonly firstAckAfterPromoteMillis: number | undefined
   readonly lost: number
   readonly duplicated: number
+  /** The reads run beside the writes, at the same rate: how many, and how they failed. */
+  readonly reads: number
+  readonly readFailuresByReason: Readonly<Record<string, number>>
 }
 
 export interface Result {
@@ -52,6 +55,7 @@ export const run = (
     const [first, second] = cluster.nodes
     const admin = yield* PgClient.make({ url: first.url, maxConnections: 1 }).pipe(Effect.provide(Reactivity.layer))
     yield* Workload.inserts.setup(admin)
+    yield* Workload.reads.setup(admin)
     const plain = yield* Layer.build(
       PgClient.layer({ url: first.url, applicationName: "sturdy-failover-plain" }).pipe(Layer.provide(quiet))
     )
@@ -61,20 +65,26 @@ export const run = (
       )
     )
     const records = { plain: [] as Array<Runner.CallRecord>, sturdy: [] as Array<Runner.CallRecord> }
+    const reads = { plain: [] as Array<Runner.CallRecord>, sturdy: [] as Array<Runner.CallRecord> }
     const stop = yield* Deferred.make<void>()
-    const writer = (name: "plain" | "sturdy", context: Context.Context<never>) =>
+    const writer = (name: "plain" | "sturdy", context: Context.Context<never>, workload = Workload.inserts) =>
       Runner.runOpenLoop({
-        workload: Workload.inserts,
+        workload,
         sql: Context.get(context as Context.Context<SqlClient.SqlClient>, SqlClient.SqlClient),
         context: context as unknown as Context.Context<ResilientPg.ResilientPg>,
         perSecond: options.perSecond ?? 20,
         stop: Deferred.await(stop),
         deadline: "60 seconds",
-        record: (call) => records[name].push(call)
+        record: (call) => (workload === Workload.inserts ? records : reads)[name].push(call)
       }).pipe(Effect.provide(quiet))
     const writing = yield* Effect.forkChild(
       Effect.all(
-        [writer("plain", plain as Context.Context<never>), writer("sturdy", sturdy as Context.Context<never>)],
+        [
+          writer("plain", plain as Context.Context<never>),
+          writer("sturdy", sturdy as Context.Context<never>),
+          writer("plain", plain as Context.Context<never>, Workload.reads),
+          writer("sturdy", sturdy as Context.Context<never>, Workload.reads)
+        ],
         {
           concurrency: "unbounded",
           discard: true
@@ -94,7 +104,7 @@ export const run = (
     const rows = yield* verify<{ readonly id: string; readonly n: number }>`
       SELECT client_id::text AS id, count(*)::int AS n FROM chaos_inserts GROUP BY client_id`
     const counts = new Map(rows.map((row) => [row.id, row.n]))
-    const side = (mine: ReadonlyArray<Runner.CallRecord>): Side => {
+    const side = (mine: ReadonlyArray<Runner.CallRecord>, myReads: ReadonlyArray<Runner.CallRecord>): Side => {
       const acknowledged = mine.filter((r) => r.outcome === "ok")
       const failuresByReason: Record<string, number> = {}
       for (const r of mine) if (r.outcome !== "ok") failuresByReason[r.outcome] = (failuresByReason[r.outcome] ?? 0) + 1
@@ -108,10 +118,21 @@ export const run = (
         failuresByReason,
         firstAckAfterPromoteMillis: firstAck === undefined ? undefined : firstAck - promotedAt,
         lost: acknowledged.filter((r) => (counts.get(r.id) ?? 0) === 0).length,
-        duplicated: mine.reduce((n, r) => n + Math.max(0, (counts.get(r.id) ?? 0) - 1), 0)
+        duplicated: mine.reduce((n, r) => n + Math.max(0, (counts.get(r.id) ?? 0) - 1), 0),
+        reads: myReads.length,
+        readFailuresByReason: Object.fromEntries(
+          [...new Set(myReads.filter((r) => r.outcome !== "ok").map((r) => r.outcome))].map((outcome) => [
+            outcome,
+            myReads.filter((r) => r.outcome === outcome).length
+          ])
+        )
       }
     }
-    return { plain: side(records.plain), sturdy: side(records.sturdy), promoteMillis: promotedAt - killedAt }
+    return {
+      plain: side(records.plain, reads.plain),
+      sturdy: side(records.sturdy, reads.sturdy),
+      promoteMillis: promotedAt - killedAt
+    }
   })
 
 /** Two lines, one per client. */
@@ -121,7 +142,7 @@ export const describe = (result: Result): string => {
       s.firstAckAfterPromoteMillis === undefined ? "never" : `${(s.firstAckAfterPromoteMillis / 1000).toFixed(2)} s`
     } after the promotion  ${Object.entries(s.failuresByReason)
       .map(([reason, n]) => `${reason} ${n}`)
-      .join(", ")}`
+      .join(", ")}; reads ${s.reads}, failed ${Object.values(s.readFailuresByReason).reduce((a, b) => a + b, 0)}`
   return [
     `failover (stop to promotion ${(result.promoteMillis / 1000).toFixed(2)} s):`,
     line("plain @effect/sql-pg, one host", result.plain),

@@ -77,9 +77,12 @@ describe("failover on a real primary + synchronous standby", () => {
         assert.strictEqual(sturdy.lost, 0)
         assert.strictEqual(sturdy.duplicated, 0)
         assert.strictEqual(result.plain.lost, 0)
-        for (const reason of Object.keys(sturdy.failuresByReason)) {
+        for (const reason of [...Object.keys(sturdy.failuresByReason), ...Object.keys(sturdy.readFailuresByReason)]) {
           assert.match(reason, /^(TransientError|OutcomeUnknown|CircuitOpen)/, Failover.describe(result))
         }
+        // Reads are retried through the failover, and none ends OutcomeUnknown: they are safe to run again.
+        assert.isAbove(sturdy.reads, 100)
+        assert.isFalse(Object.keys(sturdy.readFailuresByReason).some((reason) => reason.startsWith("OutcomeUnknown")))
       }).pipe(Effect.scoped),
     90_000
   )

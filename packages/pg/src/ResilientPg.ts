@@ -836,8 +836,20 @@ export const make = Effect.fnUntraced(function* (
   connectionGate = stack.connectionGate
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
     new Stack.SqlConnection(connection, undefined, sessions)
-  const acquire = stack.acquire(Effect.map(pool.get, toSqlConnection), "acquire")
-  const reserve = stack.acquire(pool.reserve, "reserve")
+  // As for statements (stack.ts): once the server behind the connections changed, one from before is retired.
+  const fresh = (
+    checkout: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>
+  ): Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope> =>
+    Effect.flatMap(checkout, (connection) =>
+      sessions.epoch > 0 && sessions.stale(connection)
+        ? Effect.andThen(
+            pool.invalidate(connection),
+            Effect.suspend(() => fresh(checkout))
+          )
+        : Effect.succeed(connection)
+    )
+  const acquire = stack.acquire(Effect.map(fresh(pool.get), toSqlConnection), "acquire")
+  const reserve = stack.acquire(fresh(pool.reserve), "reserve")
   const borrower = stack.borrower
 
   const transactions: TransactionCounters = {
