@@ -58,9 +58,10 @@
  * @since 0.1.0
  */
 import { type Breaker, Transient } from "@sturdy/resilience"
-import { Duration, Predicate, Schema } from "effect"
+import { Cause, Duration, Option, Predicate, Schema } from "effect"
 import {
   ConnectionError as ConnectionErrorReason,
+  isSqlError,
   SqlError,
   UnknownError as UnknownErrorReason
 } from "effect/sql/SqlError"
@@ -590,3 +591,30 @@ export const toSqlError = (failure: PolicyFailure, operation: string): SqlError 
  */
 export const fromSqlError = (error: SqlError): PolicyFailure | undefined =>
   isPolicyFailure(error.reason.cause) ? error.reason.cause : undefined
+
+/**
+ * The `SqlError` an error carries, at any depth of its cause chain: the
+ * error itself, its `cause` (an `Error`'s, or the first failure of an Effect
+ * `Cause` held there), and so on.
+ *
+ * **When to use**
+ *
+ * Libraries on top of `SqlClient` wrap the driver's errors: drizzle's
+ * `EffectDrizzleQueryError` keeps the `SqlError` inside a `Cause` in its
+ * `cause`. `ResilientPg.unwrapFailures` and `ResilientPg.withTransaction`
+ * look through any such wrapper with this, so Sturdy's typed failures and a
+ * serialization conflict are found whoever wrapped them.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const findSqlError = (error: unknown): SqlError | undefined => {
+  let current: unknown = error
+  // Bounded: a cause chain with a cycle must not hang the caller.
+  for (let depth = 0; depth < 16 && current !== undefined && current !== null; depth++) {
+    if (isSqlError(current)) return current
+    const cause: unknown = Predicate.hasProperty(current, "cause") ? current.cause : undefined
+    current = Cause.isCause(cause) ? Option.getOrUndefined(Cause.findErrorOption(cause)) : cause
+  }
+  return undefined
+}

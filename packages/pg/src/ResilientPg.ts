@@ -91,7 +91,7 @@ import * as Reactivity from "effect/reactivity/Reactivity"
 import * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Connection } from "effect/sql/SqlConnection"
-import { isSqlError, SqlError, UnknownError } from "effect/sql/SqlError"
+import { SqlError, UnknownError } from "effect/sql/SqlError"
 import * as Statement from "effect/sql/Statement"
 import * as Router from "./internal/router.ts"
 import * as Stack from "./internal/stack.ts"
@@ -285,7 +285,7 @@ export const notIdempotent = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Eff
 export const unwrapFailures = <A, E, R>(
   self: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | PgFailure.PolicyFailure, R> =>
-  Effect.mapError(self, (error) => (isSqlError(error) && PgFailure.fromSqlError(error)) || error)
+  Effect.mapError(self, unwrap) as Effect.Effect<A, E | PgFailure.PolicyFailure, R>
 
 /**
  * @since 0.1.0
@@ -317,9 +317,12 @@ class RetryTransaction {
   readonly _tag = "RetryTransaction"
   readonly error: unknown
   readonly conflict: boolean
-  constructor(error: unknown, conflict: boolean) {
+  /** The transient reason, for the retry's log line. */
+  readonly reason: string
+  constructor(error: unknown, conflict: boolean, reason: string) {
     this.error = error
     this.conflict = conflict
+    this.reason = reason
   }
 }
 
@@ -396,21 +399,25 @@ export const withTransaction = <A, E, R>(
     const counters = service.transactions
     counters.started++
 
-    const classify = (error: unknown, attempt: CommitAttempt, idempotent: boolean): unknown => {
-      if (!isSqlError(error)) return error
+    const classify = (failure: unknown, attempt: CommitAttempt, idempotent: boolean): unknown => {
+      // The driver's error, also when a library on top (drizzle) wrapped it.
+      const error = PgFailure.findSqlError(failure)
+      if (error === undefined) return failure
       const policy = PgFailure.fromSqlError(error)
       if (policy !== undefined) {
-        return policy._tag === "CommitOutcomeUnknown" && idempotent ? new RetryTransaction(policy, false) : policy
+        return policy._tag === "CommitOutcomeUnknown" && idempotent
+          ? new RetryTransaction(policy, false, "CommitOutcomeUnknown")
+          : policy
       }
       const reason = PgFailure.classify(error, "transaction")
-      if (reason === undefined) return error
+      if (reason === undefined) return failure
       // In a READ ONLY transaction, 25006 is the caller's write, not a failover: running it again cannot help.
-      if (access === "read only" && reason._tag === "ReadOnlyTransaction") return error
+      if (access === "read only" && reason._tag === "ReadOnlyTransaction") return failure
       const conflict = reason._tag === "SerializationFailure" || reason._tag === "Deadlock"
       // Before COMMIT was sent nothing can have committed; after it, the server either refused the COMMIT
       // (an answer: not applied) or was asked and said aborted.
       const safe = attempt.state !== "sent" || PgFailure.outcome(reason) === "not-applied"
-      return safe ? new RetryTransaction(error, conflict) : error
+      return safe ? new RetryTransaction(failure, conflict, reason._tag) : failure
     }
 
     const once = Effect.suspend(() => {
@@ -436,9 +443,7 @@ export const withTransaction = <A, E, R>(
           Effect.andThen(Effect.logWarning("Retrying a transaction")),
           Effect.annotateLogs({
             "sturdy.event": "transaction-retry",
-            "sturdy.reason":
-              PgFailure.classify((meta.input as RetryTransaction).error as SqlError, "transaction")?._tag ??
-              String(((meta.input as RetryTransaction).error as { readonly _tag?: string })?._tag),
+            "sturdy.reason": (meta.input as RetryTransaction).reason,
             "sturdy.attempt": meta.attempt + 1,
             "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
           })
@@ -459,7 +464,11 @@ export const withTransaction = <A, E, R>(
     ) as Effect.Effect<A, E | SqlError | PgFailure.PolicyFailure | PgFailure.TransactionTimeout, R>
   })
 
-const unwrap = (error: unknown): unknown => (isSqlError(error) && PgFailure.fromSqlError(error)) || error
+/** The policy failure an error carries at any depth (drizzle wraps the `SqlError`), else the error itself. */
+const unwrap = (error: unknown): unknown => {
+  const sqlError = PgFailure.findSqlError(error)
+  return (sqlError !== undefined && PgFailure.fromSqlError(sqlError)) || error
+}
 
 /** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`; PgClient's own check. */
 const plainCommit = (conn: Connection): Effect.Effect<void, SqlError> =>

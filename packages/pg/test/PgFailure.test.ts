@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { PgFailure } from "@sturdy/pg"
 import { Transient } from "@sturdy/resilience"
-import { Duration } from "effect"
+import { Cause, Duration } from "effect"
 import {
   AuthenticationError,
   AuthorizationError,
@@ -418,5 +418,38 @@ describe("PgFailure.classify", () => {
     // A generic retry on isRetryable must not repeat a write Sturdy declined to retry.
     assert.strictEqual(unknown.isRetryable, false)
     assert.isUndefined(PgFailure.fromSqlError(socket("ECONNREFUSED", "connect")))
+  })
+})
+
+describe("PgFailure.findSqlError", () => {
+  const sqlError = closed("PgConnection: Connection closed", "query")
+  /** A library's wrapper that keeps the driver's error inside an Effect Cause, as drizzle's EffectDrizzleQueryError does. */
+  class QueryError extends Error {
+    override readonly cause: Cause.Cause<unknown>
+    constructor(cause: Cause.Cause<unknown>) {
+      super("Failed query")
+      this.cause = cause
+    }
+  }
+  it("finds the SqlError itself, in an Error cause chain, and inside an Effect Cause held as cause", () => {
+    assert.strictEqual(PgFailure.findSqlError(sqlError), sqlError)
+    assert.strictEqual(
+      PgFailure.findSqlError(new Error("outer", { cause: new Error("inner", { cause: sqlError }) })),
+      sqlError
+    )
+    assert.strictEqual(PgFailure.findSqlError(new QueryError(Cause.fail(sqlError))), sqlError)
+    assert.strictEqual(
+      PgFailure.findSqlError(new Error("wrapped", { cause: new QueryError(Cause.fail(sqlError)) })),
+      sqlError
+    )
+  })
+  it("finds nothing where there is none, and stops on a cycle", () => {
+    assert.isUndefined(PgFailure.findSqlError(new Error("plain")))
+    assert.isUndefined(PgFailure.findSqlError("a string"))
+    assert.isUndefined(PgFailure.findSqlError(new QueryError(Cause.die("boom"))))
+    const a = new Error("a") as Error & { cause?: unknown }
+    const b = new Error("b", { cause: a })
+    a.cause = b
+    assert.isUndefined(PgFailure.findSqlError(a))
   })
 })
