@@ -501,6 +501,15 @@ const CurrentCommitAttempt = Context.Reference<CommitAttempt | undefined>("@stur
 
 const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
 
+const channelNames = new TextEncoder()
+
+/** `@effect/sql-pg`'s own check (not exported there), with its message: PostgreSQL truncates longer names. */
+const channelNameError = (channel: string, operation: string): SqlError | undefined => {
+  if (channelNames.encode(channel).byteLength <= 63) return undefined
+  const message = "PostgreSQL channel names must not exceed 63 UTF-8 bytes"
+  return new SqlError({ reason: new UnknownError({ cause: new Error(message), message, operation }) })
+}
+
 const validateOptions = (options: Options): Profile.Profile => {
   const fn = "ResilientPg.make"
   const profileName = options.profile ?? "development"
@@ -985,7 +994,18 @@ export const make = Effect.fnUntraced(function* (
     config: options,
     json: (value: unknown) => Statement.fragment([PgJson(value)]),
     listen: (channel: string) => Effect.flatMap(reserve, (connection) => connection.listen(channel)),
-    notify: (channel: string, payload: string) => Effect.asVoid(client`SELECT pg_notify(${channel}, ${payload})`.raw)
+    // As PgClient's: the channel checked locally, and the notification sent on a connection of its own, outside
+    // any transaction the caller is in (so a rollback does not take it back).
+    notify: (channel: string, payload: string) => {
+      const invalid = channelNameError(channel, "notify")
+      return invalid !== undefined
+        ? Effect.fail(invalid)
+        : Effect.asVoid(
+            Effect.scoped(
+              Effect.flatMap(acquire, (conn) => conn.executeRaw("SELECT pg_notify($1, $2)", [channel, payload]))
+            )
+          )
+    }
   })
 
   // The probe has a session of its own, opened exactly as the pool opens its own: never through the breaker,
