@@ -328,7 +328,12 @@ export class SqlConnection implements Connection {
     params: ReadonlyArray<unknown>,
     transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
   ) {
-    const stream = this.connection.stream(sql, params)
+    // A stream's failure is one of the transaction's too (see `watch`: the first failure decides what a 25P02 means).
+    const stream = Stream.tapError(this.connection.stream(sql, params), () =>
+      Effect.sync(() => {
+        this.failures++
+      })
+    )
     return transformRows ? Stream.mapArray(stream, (rows) => transformRows(rows) as typeof rows) : stream
   }
 }
