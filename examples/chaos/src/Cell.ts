@@ -203,16 +203,7 @@ export const run = (
 
     const bouncer =
       fault.route === "pgbouncer"
-        ? yield* PgBouncer.make(
-            {
-              host: proxy.host,
-              port: proxy.port,
-              database: database.name,
-              user: database.role,
-              password: Redacted.make(decodeURIComponent(new URL(Redacted.value(database.url)).password))
-            },
-            { poolMode: "transaction" }
-          )
+        ? yield* PgBouncer.make(PgBouncer.upstreamOf(database.url, proxy), { poolMode: "transaction" })
         : undefined
     const url =
       fault.route === "unresolvable"

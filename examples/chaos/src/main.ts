@@ -415,16 +415,7 @@ const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* 
   const proxy = yield* FaultProxy.make({ host: target.host, port: target.port, url: database.url })
   const bouncer =
     args.scenario === "pgbouncer-restart"
-      ? yield* PgBouncer.make(
-          {
-            host: proxy.host,
-            port: proxy.port,
-            database: database.name,
-            user: database.role,
-            password: Redacted.make(decodeURIComponent(new URL(Redacted.value(database.url)).password))
-          },
-          { poolMode: "transaction" }
-        )
+      ? yield* PgBouncer.make(PgBouncer.upstreamOf(database.url, proxy), { poolMode: "transaction" })
       : undefined
   for (const workload of [Workload.reads, Workload.idempotentUpserts, Workload.inserts]) yield* workload.setup(verify)
 

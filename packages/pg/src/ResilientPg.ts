@@ -627,7 +627,7 @@ const makeProbeSessions = Effect.fnUntraced(function* (
       Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, exit)))
     )
     const session = { connection, scope }
-    retireHooks(connection)?.add(() => {
+    Stack.internalsOf(connection)?.retireHooks?.add(() => {
       if (current === session) {
         current = undefined
         onLost()
@@ -645,12 +645,6 @@ const makeProbeSessions = Effect.fnUntraced(function* (
     )
   return { probe }
 })
-
-/** The driver's hooks run when a session dies (pinned @effect/sql-pg 4.0.5); `undefined` without them. */
-const retireHooks = (connection: PgConnection.PgConnection): Set<() => void> | undefined =>
-  (connection as unknown as Record<string, { readonly retireHooks?: Set<() => void> } | undefined>)[
-    "~@effect/sql-pg/PgConnection/internals"
-  ]?.retireHooks
 
 const transitionLog = (transition: Breaker.Transition) => {
   const annotations = {

@@ -121,6 +121,27 @@ export interface Upstream {
 }
 
 /**
+ * The upstream a connection URL describes (its user, password and database),
+ * reached at `via` when given: a `FaultProxy` in front of the server, say.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const upstreamOf = (
+  url: Redacted.Redacted<string>,
+  via?: { readonly host: string; readonly port: number }
+): Upstream => {
+  const parsed = new URL(Redacted.value(url))
+  return {
+    host: via?.host ?? parsed.hostname,
+    port: via?.port ?? Number(parsed.port || 5432),
+    database: decodeURIComponent(parsed.pathname.slice(1)),
+    user: decodeURIComponent(parsed.username),
+    password: Redacted.make(decodeURIComponent(parsed.password))
+  }
+}
+
+/**
  * @since 0.1.0
  * @category models
  */

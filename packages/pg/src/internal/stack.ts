@@ -103,18 +103,26 @@ export class InFlight {
   }
 }
 
-const internalsKey = "~@effect/sql-pg/PgConnection/internals"
+/**
+ * What Sturdy reads of the driver's internals (pinned @effect/sql-pg 4.0.5):
+ * the session's socket and the hooks run when the session dies. Without them
+ * (another driver version), the features that need them do nothing.
+ */
+interface Internals {
+  readonly base?: { readonly session?: { readonly socket?: { destroy(): void } & Record<symbol, unknown> } }
+  readonly retireHooks?: Set<() => void>
+}
+
+export const internalsOf = (connection: PgConnection.PgConnection): Internals | undefined =>
+  (connection as unknown as Record<string, Internals | undefined>)["~@effect/sql-pg/PgConnection/internals"]
 
 /**
  * Ends a session whose network went silent: the driver then fails its
- * statement as a closed connection. Reaches the socket through the driver's
- * internals (pinned @effect/sql-pg 4.0.5); without them it does nothing and
- * the statement_timeout and the cancel request remain.
+ * statement as a closed connection. Without the driver's internals it does
+ * nothing, and the statement_timeout and the cancel request remain.
  */
 const destroySocket = (connection: PgConnection.PgConnection): void => {
-  const internals = (connection as unknown as Record<string, { readonly base?: unknown } | undefined>)[internalsKey]
-  const base = internals?.base as { readonly session?: { readonly socket?: { destroy(): void } } } | undefined
-  base?.session?.socket?.destroy()
+  internalsOf(connection)?.base?.session?.socket?.destroy()
 }
 
 /**
@@ -171,9 +179,7 @@ export class Sessions {
   }
   /** Whether a connection was opened before the last move. */
   stale(connection: PgConnection.PgConnection): boolean {
-    const internals = (connection as unknown as Record<string, { readonly base?: unknown } | undefined>)[internalsKey]
-    const base = internals?.base as { readonly session?: { readonly socket?: Record<symbol, number> } } | undefined
-    const stamp = base?.session?.socket?.[epochKey]
+    const stamp = internalsOf(connection)?.base?.session?.socket?.[epochKey] as number | undefined
     return stamp !== undefined && stamp < this.epoch
   }
   /** The server behind the connections changed: connections from before are retired as they come back. */
@@ -772,9 +778,6 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
     shouldRetry
   ).pipe(
-    // A rejected attempt is retried on the same backoff as any transient failure, not after the breaker's
-    // `retryAfter`: the health monitor closes the breaker as soon as the server answers, and a call's time stays
-    // bounded by its own schedule however long the open duration has grown.
     Schedule.tap((meta) =>
       Effect.logWarning("Retrying a failed database call").pipe(
         Effect.annotateLogs({
@@ -789,8 +792,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         })
       )
     ),
-    // ...but a call the breaker rejected need not sleep out its backoff once the breaker closes: it waits for
-    // whichever comes first, and retries at once when the server is back.
+    // A rejected attempt waits its own backoff, not the breaker's `retryAfter`, so a call's time stays bounded by
+    // its schedule however long the open duration has grown; and it stops waiting when the breaker closes (the
+    // health monitor closes it as soon as the server answers), to retry at once.
     Schedule.modifyDelay((meta) =>
       isCircuitOpen(meta.input)
         ? Effect.as(Effect.raceFirst(Effect.sleep(meta.duration), untilClosed), Duration.zero)
