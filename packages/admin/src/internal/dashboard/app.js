@@ -11,28 +11,14 @@
  */
 
 /**
- * @typedef {"closed" | "open" | "half-open"} BreakerState
- * @typedef {{ at: string, from: BreakerState, to: BreakerState, retryAfterMillis?: number }} Transition
- * @typedef {{ at: string, status: "healthy" | "unhealthy", responseTimeMillis?: number, error?: string }} HealthEntry
- * @typedef {{
- *   fingerprint: string, calls: number, errors: number, meanMillis: number,
- *   p95Millis: number, maxMillis: number, lastErrorReason?: string
- * }} Statement
- * @typedef {{
- *   totalQueries: number, failedQueries: number, avgResponseTime: number, circuitState: BreakerState,
- *   failureCount: number, successRate: number, p50: number, p95: number, p99: number, attempts: number,
- *   retries: number, timeouts: number, rejections: number, outcomeUnknown: number,
- *   breakerTransitions: Record<string, number>
- * }} Metrics
- * @typedef {{ max: number, open?: number, inUse: number, idle?: number, waiting: number }} Pool
- * @typedef {{
- *   generatedAt: string, startedAt: string, database: string, profile: string, ready: boolean,
- *   metrics: Metrics, pool: Pool,
- *   breaker: { state: BreakerState, retryAfterMillis?: number, consecutiveOpenings?: number, transitions: Array<Transition> },
- *   health: { last?: HealthEntry, history: Array<HealthEntry> },
- *   statements: Array<Statement>,
- *   transactions: Record<string, number>
- * }} Snapshot
+ * The types of the JSON route, from the module that builds its answer, so the two cannot drift apart
+ * (`pnpm --filter @sturdy/admin typecheck`, also run by the package's build, checks this file against
+ * them). Fields that are `undefined` there are absent from the JSON.
+ *
+ * @typedef {import("../../Admin.ts").Snapshot} Snapshot
+ * @typedef {Snapshot["breaker"]["state"]} BreakerState
+ * @typedef {Snapshot["statements"][number]} Statement
+ * @typedef {Snapshot["pool"]} Pool
  */
 
 const TOKEN_KEY = "sturdy-admin-token"
@@ -482,7 +468,7 @@ const renderCounters = (snapshot) => {
   )
 }
 
-/** @param {Array<Statement>} statements */
+/** @param {ReadonlyArray<Statement>} statements */
 const renderStatements = (statements) => {
   const rows = statements.slice(0, STATEMENTS_SHOWN).map((s) => {
     const row = el("tr")
