@@ -69,36 +69,26 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
-import { Breaker, DatabaseMetrics, HealthMonitor, Profile, Retry } from "@sturdy/resilience"
-import {
-  Clock,
-  Config,
-  Context,
-  Duration,
-  Effect,
-  Exit,
-  Layer,
-  Option,
-  Predicate,
-  Redacted,
-  Result,
-  Schedule,
-  Schema,
-  Semaphore,
-  Stream
-} from "effect"
+import { Breaker, DatabaseMetrics, HealthMonitor, Profile } from "@sturdy/resilience"
+import { Config, Context, type Duration, Effect, Layer, Option, Redacted, Result, Stream } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Connection } from "effect/sql/SqlConnection"
-import { SqlError, UnknownError } from "effect/sql/SqlError"
-import * as Statement from "effect/sql/Statement"
+import type { SqlError } from "effect/sql/SqlError"
+import * as EnvConfig from "./internal/config.ts"
+import { Idempotency as IdempotencyRef } from "./internal/idempotency.ts"
+import * as Health from "./internal/health.ts"
+import * as Logs from "./internal/logs.ts"
+import * as Options_ from "./internal/options.ts"
+import * as PgClientParts from "./internal/pgClient.ts"
 import * as Router from "./internal/router.ts"
+import { Sockets } from "./internal/sockets.ts"
 import * as Stack from "./internal/stack.ts"
+import * as Transaction from "./internal/transaction.ts"
 import * as StatementStats from "./StatementStats.ts"
 import * as PgFailure from "./PgFailure.ts"
 import * as Target from "./Target.ts"
-import * as Net from "node:net"
 
 /**
  * @since 0.1.0
@@ -248,10 +238,7 @@ export class ResilientPg extends Context.Service<ResilientPg, Service>()("@sturd
  * @since 0.1.0
  * @category idempotency
  */
-export const Idempotency = Context.Reference<"auto" | "idempotent" | "not-idempotent">(
-  "@sturdy/pg/ResilientPg/Idempotency",
-  { defaultValue: () => "auto" }
-)
+export const Idempotency: Context.Reference<"auto" | "idempotent" | "not-idempotent"> = IdempotencyRef
 
 /**
  * Marks every statement of an effect as safe to run twice (an upsert, a
@@ -285,7 +272,7 @@ export const notIdempotent = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Eff
 export const unwrapFailures = <A, E, R>(
   self: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | PgFailure.PolicyFailure, R> =>
-  Effect.mapError(self, unwrap) as Effect.Effect<A, E | PgFailure.PolicyFailure, R>
+  Effect.mapError(self, Transaction.unwrap) as Effect.Effect<A, E | PgFailure.PolicyFailure, R>
 
 /**
  * @since 0.1.0
@@ -310,28 +297,6 @@ export interface TransactionOptions {
   readonly deadline?: Duration.Input | undefined
   /** How long to keep asking the server about a COMMIT whose answer was lost. Default: the attempt timeout. */
   readonly resolveCommitWithin?: Duration.Input | undefined
-}
-
-/** A failure after which the whole transaction may run again. */
-class RetryTransaction {
-  readonly _tag = "RetryTransaction"
-  readonly error: unknown
-  readonly conflict: boolean
-  /** The transient reason, for the retry's log line. */
-  readonly reason: string
-  constructor(error: unknown, conflict: boolean, reason: string) {
-    this.error = error
-    this.conflict = conflict
-    this.reason = reason
-  }
-}
-
-const positiveDuration = (fn: string, name: string, input: Duration.Input): Duration.Duration => {
-  const duration = Duration.fromInputUnsafe(input)
-  if (!Duration.isFinite(duration) || !(Duration.toMillis(duration) > 0)) {
-    throw new RangeError(`${fn}: ${name} must be a positive finite duration, got ${Duration.format(duration)}`)
-  }
-  return duration
 }
 
 /**
@@ -364,312 +329,14 @@ const positiveDuration = (fn: string, name: string, input: Duration.Input): Dura
  * @since 0.1.0
  * @category transactions
  */
-export const withTransaction = <A, E, R>(
+export const withTransaction: <A, E, R>(
   self: Effect.Effect<A, E, R>,
-  options: TransactionOptions = {}
-): Effect.Effect<
+  options?: TransactionOptions
+) => Effect.Effect<
   A,
   E | SqlError | PgFailure.PolicyFailure | PgFailure.TransactionTimeout,
   R | SqlClient.SqlClient | ResilientPg
-> =>
-  Effect.gen(function* () {
-    const fn = "ResilientPg.withTransaction"
-    const sql = yield* SqlClient.SqlClient
-    const service = yield* ResilientPg
-    const isolation = options.isolation
-    if (isolation !== undefined && !["read committed", "repeatable read", "serializable"].includes(isolation)) {
-      throw new RangeError(
-        `${fn}: isolation must be "read committed", "repeatable read" or "serializable", got ${JSON.stringify(isolation)}`
-      )
-    }
-    const access = options.access ?? "read write"
-    if (access !== "read write" && access !== "read only") {
-      throw new RangeError(`${fn}: access must be "read write" or "read only", got ${JSON.stringify(access)}`)
-    }
-    const retriesAfterFirst = options.retriesAfterFirst ?? 5
-    if (!Number.isInteger(retriesAfterFirst) || retriesAfterFirst < 0) {
-      throw new RangeError(`${fn}: retriesAfterFirst must be an integer >= 0, got ${retriesAfterFirst}`)
-    }
-    const attemptTimeout = service.profile.attemptTimeout
-    const deadline = positiveDuration(fn, "deadline", options.deadline ?? Duration.times(attemptTimeout, 2))
-    const resolveWithin = positiveDuration(fn, "resolveCommitWithin", options.resolveCommitWithin ?? attemptTimeout)
-    const begin = `BEGIN${isolation === undefined ? "" : ` ISOLATION LEVEL ${isolation.toUpperCase()}`}${
-      access === "read only" ? " READ ONLY" : ""
-    }`
-    const counters = service.transactions
-    counters.started++
-
-    const classify = (failure: unknown, attempt: CommitAttempt, idempotent: boolean): unknown => {
-      // The driver's error, also when a library on top (drizzle) wrapped it.
-      const error = PgFailure.findSqlError(failure)
-      if (error === undefined) return failure
-      const policy = PgFailure.fromSqlError(error)
-      if (policy !== undefined) {
-        return policy._tag === "CommitOutcomeUnknown" && idempotent
-          ? new RetryTransaction(policy, false, "CommitOutcomeUnknown")
-          : policy
-      }
-      const reason = PgFailure.classify(error, "transaction")
-      if (reason === undefined) return failure
-      // In a READ ONLY transaction, 25006 is the caller's write, not a failover: running it again cannot help.
-      if (access === "read only" && reason._tag === "ReadOnlyTransaction") return failure
-      const conflict = reason._tag === "SerializationFailure" || reason._tag === "Deadlock"
-      // Before COMMIT was sent nothing can have committed; after it, the server either refused the COMMIT
-      // (an answer: not applied) or was asked and said aborted.
-      const safe = attempt.state !== "sent" || PgFailure.outcome(reason) === "not-applied"
-      return safe ? new RetryTransaction(failure, conflict, reason._tag) : failure
-    }
-
-    const once = Effect.suspend(() => {
-      const attempt: CommitAttempt = { access, resolveWithin, state: "not-sent", transactionId: undefined }
-      return sql.withTransaction(self).pipe(
-        Effect.provideService(SqlClient.BeginTransaction, begin),
-        Effect.provideService(CurrentCommitAttempt, attempt),
-        Effect.catch((error) =>
-          Effect.withFiber((fiber) => Effect.fail(classify(error, attempt, fiber.getRef(Idempotency) === "idempotent")))
-        )
-      )
-    })
-
-    const policy = Retry.schedule(
-      { retriesAfterFirst, base: options.backoffBase ?? "50 millis", jitter: options.backoffJitter ?? "50 millis" },
-      (failure: unknown) => Predicate.isTagged(failure, "RetryTransaction")
-    ).pipe(
-      Schedule.tap((meta) =>
-        Effect.sync(() => {
-          counters.retries++
-          if ((meta.input as RetryTransaction).conflict) counters.conflictRetries++
-        }).pipe(
-          Effect.andThen(Effect.logWarning("Retrying a transaction")),
-          Effect.annotateLogs({
-            "sturdy.event": "transaction-retry",
-            "sturdy.reason": (meta.input as RetryTransaction).reason,
-            "sturdy.attempt": meta.attempt + 1,
-            "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
-          })
-        )
-      )
-    )
-
-    return yield* Retry.retryOnFailure(once, policy).pipe(
-      Effect.catch((failure) =>
-        Effect.fail(
-          Predicate.isTagged(failure, "RetryTransaction") ? unwrap((failure as RetryTransaction).error) : failure
-        )
-      ),
-      Effect.timeoutOrElse({
-        duration: deadline,
-        orElse: () => Effect.fail(new PgFailure.TransactionTimeout({ timeout: deadline }))
-      })
-    ) as Effect.Effect<A, E | SqlError | PgFailure.PolicyFailure | PgFailure.TransactionTimeout, R>
-  })
-
-/** The policy failure an error carries at any depth (drizzle wraps the `SqlError`), else the error itself. */
-const unwrap = (error: unknown): unknown => {
-  const sqlError = PgFailure.findSqlError(error)
-  return (sqlError !== undefined && PgFailure.fromSqlError(sqlError)) || error
-}
-
-/** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`; PgClient's own check. */
-const plainCommit = (conn: Connection): Effect.Effect<void, SqlError> =>
-  Effect.flatMap(conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
-    result.command === "ROLLBACK"
-      ? Effect.fail(
-          new SqlError({
-            reason: new UnknownError({
-              cause: new Error("COMMIT rolled back an aborted transaction"),
-              message: "PgClient: COMMIT rolled back an aborted transaction",
-              operation: "commit"
-            })
-          })
-        )
-      : Effect.void
-  )
-
-/** One transaction attempt of `withTransaction`, as its COMMIT sees it. */
-interface CommitAttempt {
-  readonly access: "read write" | "read only"
-  readonly resolveWithin: Duration.Duration
-  state: "not-sent" | "sent" | "found-aborted"
-  transactionId: string | undefined
-}
-
-/** Set by `withTransaction` around one attempt; read by the client's COMMIT. Absent for `sql.withTransaction`. */
-const CurrentCommitAttempt = Context.Reference<CommitAttempt | undefined>("@sturdy/pg/ResilientPg/CommitAttempt", {
-  defaultValue: () => undefined
-})
-
-const PgJson = Statement.custom<Statement.Custom<"PgJson", unknown>>("PgJson")
-
-const channelNames = new TextEncoder()
-
-/** `@effect/sql-pg`'s own check (not exported there), with its message: PostgreSQL truncates longer names. */
-const channelNameError = (channel: string, operation: string): SqlError | undefined => {
-  if (channelNames.encode(channel).byteLength <= 63) return undefined
-  const message = "PostgreSQL channel names must not exceed 63 UTF-8 bytes"
-  return new SqlError({ reason: new UnknownError({ cause: new Error(message), message, operation }) })
-}
-
-const validateOptions = (options: Options): Profile.Profile => {
-  const fn = "ResilientPg.make"
-  const profileName = options.profile ?? "development"
-  if (profileName !== "development" && profileName !== "production") {
-    throw new RangeError(`${fn}: profile must be "development" or "production", got ${JSON.stringify(profileName)}`)
-  }
-  const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
-  if (sentPhaseRetry !== "safe" && sentPhaseRetry !== "always") {
-    throw new RangeError(`${fn}: sentPhaseRetry must be "safe" or "always", got ${JSON.stringify(sentPhaseRetry)}`)
-  }
-  const whenCircuitOpen = options.whenCircuitOpen ?? "wait-and-retry"
-  if (whenCircuitOpen !== "fail-fast" && whenCircuitOpen !== "wait-and-retry") {
-    throw new RangeError(
-      `${fn}: whenCircuitOpen must be "fail-fast" or "wait-and-retry", got ${JSON.stringify(whenCircuitOpen)}`
-    )
-  }
-  if (options.targetSessionAttrs !== undefined && !Target.sessionAttrs.includes(options.targetSessionAttrs)) {
-    throw new RangeError(
-      `${fn}: targetSessionAttrs must be one of ${Target.sessionAttrs.join(", ")}, got ${JSON.stringify(options.targetSessionAttrs)}`
-    )
-  }
-  if (
-    options.loadBalanceHosts !== undefined &&
-    options.loadBalanceHosts !== "disable" &&
-    options.loadBalanceHosts !== "random"
-  ) {
-    throw new RangeError(
-      `${fn}: loadBalanceHosts must be "disable" or "random", got ${JSON.stringify(options.loadBalanceHosts)}`
-    )
-  }
-  if (options.hosts !== undefined && options.hosts.length === 0) {
-    throw new RangeError(`${fn}: hosts must list at least one host`)
-  }
-  const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
-  if (statementTimeoutVia !== "transaction" && statementTimeoutVia !== "startup") {
-    throw new RangeError(
-      `${fn}: statementTimeoutVia must be "transaction" or "startup", got ${JSON.stringify(statementTimeoutVia)}`
-    )
-  }
-  const statementStatsSize = options.statementStatsSize ?? 500
-  if (!Number.isInteger(statementStatsSize) || statementStatsSize < 0) {
-    throw new RangeError(`${fn}: statementStatsSize must be an integer >= 0, got ${statementStatsSize}`)
-  }
-  return Profile.override(Profile.byName(profileName), options, fn)
-}
-
-const statementTimeoutMillis = (options: Options, profile: Profile.Profile): number | undefined => {
-  if (options.statementTimeout === "off") return undefined
-  const duration = Duration.fromInputUnsafe(options.statementTimeout ?? profile.attemptTimeout)
-  const millis = Math.ceil(Duration.toMillis(duration))
-  if (!Duration.isFinite(duration) || !(millis > 0)) {
-    throw new RangeError(
-      `ResilientPg.make: statementTimeout must be a positive finite duration or "off", got ${Duration.format(duration)}`
-    )
-  }
-  return millis
-}
-
-/**
- * The target from the options: the URL's (libpq syntax, several hosts
- * allowed), or the host options given in code.
- */
-const targetOf = (options: Options): Result.Result<Target.Target, Target.InvalidUrl> => {
-  const fromUrl =
-    options.url === undefined ? undefined : Target.parse(Redacted.value(options.url), options.urlSource ?? "url")
-  if (fromUrl !== undefined && Result.isFailure(fromUrl)) return fromUrl
-  const base = fromUrl?.success
-  const hosts =
-    options.hosts?.map((h) => ({ host: h.host, port: h.port ?? 5432 })) ??
-    (options.host !== undefined || options.port !== undefined || base === undefined
-      ? [
-          {
-            host: options.host ?? base?.hosts[0]?.host ?? "localhost",
-            port: options.port ?? base?.hosts[0]?.port ?? 5432
-          }
-        ]
-      : base.hosts)
-  return Result.succeed({
-    hosts,
-    username: options.username ?? base?.username,
-    password: base?.password,
-    database: options.database ?? base?.database,
-    targetSessionAttrs: options.targetSessionAttrs ?? base?.targetSessionAttrs ?? "any",
-    loadBalanceHosts: options.loadBalanceHosts ?? base?.loadBalanceHosts ?? "disable",
-    connectTimeout: base?.connectTimeout,
-    parameters: base?.parameters ?? []
-  })
-}
-
-/** The breaker's key: one circuit per database, never the credentials. */
-const databaseKey = (target: Target.Target, options: Options): string =>
-  `${target.hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${target.database ?? options.username ?? "postgres"}`
-
-/**
- * The health probe's session: kept between probes, replaced when it dies or
- * when a probe asks for a fresh one. `onLost` runs when a kept session dies.
- */
-const makeProbeSessions = Effect.fnUntraced(function* (
-  connect: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>,
-  verify: (connection: PgConnection.PgConnection) => Effect.Effect<unknown, SqlError>,
-  onLost: () => void
-) {
-  let current: { readonly connection: PgConnection.PgConnection; readonly scope: Scope.Closeable } | undefined
-  const lock = yield* Semaphore.make(1)
-  const drop = Effect.suspend(() => {
-    const session = current
-    current = undefined
-    return session === undefined ? Effect.void : Scope.close(session.scope, Exit.void)
-  })
-  yield* Effect.addFinalizer(() => drop)
-  const open = Effect.gen(function* () {
-    const scope = yield* Scope.make()
-    const connection = yield* connect.pipe(
-      Scope.provide(scope),
-      Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, exit)))
-    )
-    const session = { connection, scope }
-    Stack.internalsOf(connection)?.retireHooks?.add(() => {
-      if (current === session) {
-        current = undefined
-        onLost()
-      }
-    })
-    current = session
-    return connection
-  })
-  const probe = (mode: "reuse" | "fresh"): Effect.Effect<unknown, SqlError> =>
-    lock.withPermit(
-      Effect.gen(function* () {
-        if (mode === "fresh") yield* drop
-        return yield* verify(current?.connection ?? (yield* open))
-      }).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : drop)))
-    )
-  return { probe }
-})
-
-const transitionLog = (transition: Breaker.Transition) => {
-  const annotations = {
-    "sturdy.event": "breaker",
-    "sturdy.from": transition.from,
-    "sturdy.to": transition.to,
-    ...(transition.to === "Open"
-      ? {
-          "sturdy.retryAfterMillis": Duration.toMillis(transition.retryAfter),
-          "sturdy.consecutiveOpenings": transition.consecutiveOpenings
-        }
-      : {})
-  }
-  const log =
-    transition.to === "Open"
-      ? Effect.logError(
-          transition.from === "Closed"
-            ? `Circuit breaker opened: calls fail fast for ${Duration.format(transition.retryAfter)}`
-            : `Circuit breaker reopened: the probe failed; calls fail fast for ${Duration.format(transition.retryAfter)}`
-        )
-      : transition.to === "HalfOpen"
-        ? Effect.logWarning("Circuit breaker half-open: one probe goes through")
-        : Effect.logInfo("Circuit breaker closed: the probe succeeded")
-  return Effect.annotateLogs(log, annotations)
-}
+> = Transaction.withTransaction
 
 /**
  * Builds the resilient client and its services; the pool, the health monitor
@@ -697,33 +364,23 @@ export const make = Effect.fnUntraced(function* (
   SqlError | HealthMonitor.StartupHealthCheckFailed | Target.InvalidUrl,
   Scope.Scope | Reactivity.Reactivity
 > {
-  const profile = validateOptions(options)
+  const profile = Options_.validateOptions(options)
   // The driver would report a bad URL with the parser's error, whose `input` is the whole URL, password included.
-  const parsedTarget = targetOf(options)
+  const parsedTarget = Options_.targetOf(options)
   if (Result.isFailure(parsedTarget)) return yield* Effect.fail(parsedTarget.failure)
   const target = parsedTarget.success
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
-  const statementTimeout = statementTimeoutMillis(options, profile)
+  const statementTimeout = Options_.statementTimeoutMillis(options, profile)
   const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
-  const key = databaseKey(target, options)
+  const key = Options_.databaseKey(target, options)
   const maxConnections = options.maxConnections ?? 10
 
-  yield* Effect.logInfo("Initializing the resilient PostgreSQL client").pipe(
-    Effect.annotateLogs({
-      "sturdy.event": "configuration",
-      "sturdy.database": key,
-      "sturdy.profile": profile.name,
-      "sturdy.environment": process.env.NODE_ENV ?? "(NODE_ENV unset)",
-      "sturdy.retriesAfterFirst": profile.retriesAfterFirst,
-      "sturdy.backoff": `${Duration.format(profile.backoffBase)} x 2^n + [0, ${Duration.format(profile.backoffJitter)})`,
-      "sturdy.attemptTimeout": Duration.format(profile.attemptTimeout),
-      "sturdy.statementTimeout":
-        statementTimeout === undefined ? "off" : `${statementTimeout} ms (${statementTimeoutVia})`,
-      "sturdy.healthCheckInterval": Duration.format(profile.healthCheckInterval),
-      "sturdy.breaker": `opens after ${profile.breakerFailures} failed attempts`,
-      "sturdy.sentPhaseRetry": sentPhaseRetry
-    })
-  )
+  yield* Logs.configuration({
+    key,
+    profile,
+    statementTimeout: statementTimeout === undefined ? "off" : `${statementTimeout} ms (${statementTimeoutVia})`,
+    sentPhaseRetry
+  })
 
   // Every session is opened with the same settings (the pool's, the health probe's, commit resolution's), so a
   // setting a pooler refuses fails the probe too instead of letting it report healthy. The driver reads one host:
@@ -740,13 +397,7 @@ export const make = Effect.fnUntraced(function* (
     connectTimeout: options.connectTimeout ?? target.connectTimeout,
     startupParameters
   })
-  // Counting the pool's sockets is the only way to know how many connections it holds; opening them here also lets
-  // the breaker refuse every one while it is open (the pool itself retries a failed connection for its waiters), and
-  // sends every new one to the host the router chose.
   const countSockets = options.stream === undefined && options.path === undefined
-  let openSockets = 0
-  let socketsOpened = 0
-  let connectionGate = (): Breaker.CircuitOpen | undefined => undefined
   let onServerChanged = () => {}
   const runFork = Effect.runForkWith(yield* Effect.context<never>())
   const sessions = new Stack.Sessions({
@@ -756,12 +407,7 @@ export const make = Effect.fnUntraced(function* (
         ? undefined
         : `SET LOCAL statement_timeout = ${statementTimeout}`,
     evictOnReadOnly: !["read-only", "standby", "prefer-standby"].includes(target.targetSessionAttrs),
-    onUnprepared: () =>
-      runFork(
-        Effect.logWarning(
-          "Prepared statements do not survive between statements here (a pooler in transaction mode): statements run unnamed from now on"
-        ).pipe(Effect.annotateLogs({ "sturdy.event": "prepared-statements-off" }))
-      ),
+    onUnprepared: () => runFork(Logs.preparedStatementsOff),
     onServerChanged: () => onServerChanged()
   })
   const router = Router.make({
@@ -774,52 +420,18 @@ export const make = Effect.fnUntraced(function* (
       }),
     moved: (from, to) => {
       sessions.moved()
-      runFork(
-        Effect.logWarning(`The target moved: new connections go to ${to.host}:${to.port}`).pipe(
-          Effect.annotateLogs({
-            "sturdy.event": "failover",
-            "sturdy.from": `${from.host}:${from.port}`,
-            "sturdy.to": `${to.host}:${to.port}`
-          })
-        )
-      )
+      runFork(Logs.failover(from, to))
     }
   })
+  const sockets = new Sockets({ target, router, sessions, keepAlive: options.keepAlive })
   const first = target.hosts[0]!
   const pool = yield* PgPool.make({
     ...sessionConfigFor(first),
     // A connection that never completes its start-up is an attempt that never ends: bound it by the attempt timeout.
     connectTimeout: options.connectTimeout ?? target.connectTimeout ?? profile.attemptTimeout,
-    ...(countSockets && {
-      stream: () => {
-        const refused = connectionGate()
-        if (refused !== undefined) throw refused
-        const host = router.current()
-        if (host === undefined) throw Router.noMatchingHost(target)
-        const socket = Net.connect({
-          host: host.host,
-          port: host.port,
-          noDelay: true,
-          ...(options.keepAlive !== undefined && {
-            keepAlive: true,
-            keepAliveInitialDelay: Duration.toMillis(Duration.fromInputUnsafe(options.keepAlive))
-          })
-        })
-        sessions.mark(socket)
-        openSockets++
-        socketsOpened++
-        socket.once("close", () => openSockets--)
-        return socket
-      }
-    })
+    ...(countSockets && { stream: sockets.connect })
   })
-  yield* Effect.logInfo("Connection pool ready").pipe(
-    Effect.annotateLogs({
-      "sturdy.event": "pool",
-      "sturdy.maxConnections": maxConnections,
-      "sturdy.multiplex": options.multiplex === true
-    })
-  )
+  yield* Logs.poolReady(maxConnections, options.multiplex === true)
 
   const breaker =
     Option.getOrUndefined(yield* Effect.serviceOption(Breaker.Breaker)) ??
@@ -827,7 +439,7 @@ export const make = Effect.fnUntraced(function* (
       tripPolicy: Breaker.consecutive(profile.breakerFailures),
       openDuration: Profile.openDuration(profile)
     }))
-  yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, transitionLog), { startImmediately: true })
+  yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, Logs.transition), { startImmediately: true })
 
   const recorder = new DatabaseMetrics.Recorder()
   const statements = new StatementStats.Table(options.statementStatsSize ?? 500)
@@ -845,7 +457,7 @@ export const make = Effect.fnUntraced(function* (
     sessions,
     idempotency: (fiber) => fiber.getRef(Idempotency)
   })
-  connectionGate = stack.connectionGate
+  sockets.gate = stack.connectionGate
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
     new Stack.SqlConnection(connection, undefined, sessions)
   // As for statements (stack.ts): once the server behind the connections changed, one from before is retired.
@@ -887,175 +499,37 @@ export const make = Effect.fnUntraced(function* (
       )
     ).pipe(Effect.map((result) => (result.rows[0]?.status ?? null) as string | null))
 
-  /**
-   * The COMMIT was sent and its answer lost: poll `pg_xact_status` until the
-   * server says committed (success) or aborted (safe to run again), or the
-   * time runs out (CommitOutcomeUnknown).
-   */
-  const resolveCommit = (attempt: CommitAttempt, transactionId: string, lost: SqlError) =>
-    Effect.gen(function* () {
-      transactions.commitsInDoubt++
-      yield* Effect.logWarning(
-        "The answer to a COMMIT was lost: asking the server what became of the transaction"
-      ).pipe(Effect.annotateLogs({ "sturdy.event": "commit-in-doubt", "sturdy.transactionId": transactionId }))
-      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(attempt.resolveWithin)
-      let detail = "no answer yet"
-      while (true) {
-        const remaining = deadline - (yield* Clock.currentTimeMillis)
-        if (remaining <= 0) break
-        const status = yield* Effect.result(
-          transactionStatus(transactionId, Duration.millis(Math.min(remaining, 2000)))
-        )
-        if (status._tag === "Success" && status.success === "committed") {
-          transactions.commitsFoundCommitted++
-          yield* Effect.logInfo("The in-doubt COMMIT had committed").pipe(
-            Effect.annotateLogs({ "sturdy.event": "commit-resolved", "sturdy.outcome": "committed" })
-          )
-          return
-        }
-        if (status._tag === "Success" && status.success === "aborted") {
-          transactions.commitsFoundAborted++
-          attempt.state = "found-aborted"
-          yield* Effect.logInfo("The in-doubt COMMIT had not committed: the transaction can run again").pipe(
-            Effect.annotateLogs({ "sturdy.event": "commit-resolved", "sturdy.outcome": "aborted" })
-          )
-          return yield* Effect.fail(lost)
-        }
-        detail =
-          status._tag === "Success"
-            ? `pg_xact_status: ${status.success ?? "unknown (too old)"}`
-            : `the server could not be asked: ${status.failure.message}`
-        if (status._tag === "Success" && status.success === null) break
-        yield* Effect.sleep("50 millis")
-      }
-      transactions.commitsUnresolved++
-      const unknown = new PgFailure.CommitOutcomeUnknown({ transactionId, detail })
-      return yield* Effect.fail(PgFailure.toSqlError(unknown, "commit"))
-    })
-
-  /** COMMIT, resolving a lost answer when `withTransaction` asked for it. */
-  const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
-    Effect.withFiber((fiber) => {
-      const attempt = fiber.getRef(CurrentCommitAttempt)
-      if (attempt === undefined) return plainCommit(conn)
-      if (attempt.access === "read only") {
-        // Nothing was written: if the answer is lost, the result read before it stands.
-        attempt.state = "sent"
-        return Effect.catchIf(plainCommit(conn), PgFailure.sessionLost, () => Effect.void)
-      }
-      return Effect.flatMap(
-        conn.executeRaw("SELECT pg_current_xact_id_if_assigned()::text AS xid", []) as Effect.Effect<
-          PgConnection.Result,
-          SqlError
-        >,
-        (result) => {
-          const transactionId = (result.rows[0]?.xid ?? null) as string | null
-          attempt.transactionId = transactionId ?? undefined
-          attempt.state = "sent"
-          return Effect.catchIf(plainCommit(conn), PgFailure.sessionLost, (lost) =>
-            // A transaction that wrote nothing has no outcome to lose.
-            transactionId === null ? Effect.void : resolveCommit(attempt, transactionId, lost)
-          )
-        }
-      )
-    })
-
-  const compiler = PgClient.makeCompiler(options.transformQueryNames, options.transformJson)
-  const client = yield* SqlClient.make({
+  const pgClient = yield* PgClientParts.make({
+    config: options,
     acquirer: acquire,
     borrower,
     transactionAcquirer: Effect.map(reserve, toSqlConnection),
-    driver: "pg",
-    prepareTransactionControls: true,
-    commit,
-    isTransaction: (connection) => !(connection as Stack.SqlConnection).broken,
-    releaseSavepoint: (name) => `RELEASE SAVEPOINT ${name}`,
-    compiler,
-    spanAttributes: [
-      ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
-      ["db.system.name", "postgresql"],
-      ["db.namespace", options.database ?? options.username ?? "postgres"],
-      ["server.address", options.host ?? "localhost"],
-      ["server.port", options.port ?? 5432]
-    ],
-    transformRows: options.transformResultNames
-      ? Statement.defaultTransforms(options.transformResultNames, options.transformJson).array
-      : undefined
+    listenAcquirer: reserve,
+    commit: Transaction.makeCommit(transactions, transactionStatus),
+    isTransaction: (connection) => !(connection as Stack.SqlConnection).broken
   })
 
-  const pgClient: PgClient.PgClient = Object.assign(client, {
-    [PgClient.TypeId]: PgClient.TypeId,
-    config: options,
-    json: (value: unknown) => Statement.fragment([PgJson(value)]),
-    listen: (channel: string) => Effect.flatMap(reserve, (connection) => connection.listen(channel)),
-    // As PgClient's: the channel checked locally, and the notification sent on a connection of its own, outside
-    // any transaction the caller is in (so a rollback does not take it back).
-    notify: (channel: string, payload: string) => {
-      const invalid = channelNameError(channel, "notify")
-      return invalid !== undefined
-        ? Effect.fail(invalid)
-        : Effect.asVoid(
-            Effect.scoped(
-              Effect.flatMap(acquire, (conn) => conn.executeRaw("SELECT pg_notify($1, $2)", [channel, payload]))
-            )
-          )
-    }
-  })
-
-  // The probe has a session of its own, opened exactly as the pool opens its own: never through the breaker,
-  // never behind a saturated pool. While the circuit is closed it runs `SELECT 1` on that session, and the
-  // session's loss (a server that stops ends it at once) starts the next probe immediately. While the circuit is
-  // open, every probe opens a fresh session, as the pool would have to, and its success closes the circuit.
-  let onSessionLost = () => {}
-  const probeSessions = yield* makeProbeSessions(
-    router.routed
+  const health = yield* Health.make({
+    connect: router.routed
       ? router.discover
       : PgConnection.make({
           ...sessionConfigFor(first),
           applicationName: `${options.applicationName ?? "@effect/sql-pg"} health`,
           connectTimeout: profile.healthCheckTimeout
         }),
-    router.verify,
-    () => onSessionLost()
-  )
-  const circuitClosed = Effect.map(breaker.state(key), (state) => state._tag === "Closed")
-  const health = yield* HealthMonitor.make({
-    probe: Effect.flatMap(
-      circuitClosed,
-      (closed): Effect.Effect<unknown, SqlError> => probeSessions.probe(closed ? "reuse" : "fresh")
-    ),
-    interval: profile.healthCheckInterval,
-    probeFastWhile: Effect.map(circuitClosed, (closed) => !closed),
-    timeout: profile.healthCheckTimeout,
-    onStartup: options.healthOnStartup ?? "degraded",
-    describe: (error: SqlError) => {
-      const refused = PgFailure.refusal(error)
-      if (refused !== undefined) return `ConfigurationRefused: ${refused.message}`
-      const reason = PgFailure.classify(error)
-      return reason === undefined ? `${error.reason._tag}: ${error.message}` : `${reason._tag}: ${reason.message}`
-    }
+    verify: router.verify,
+    breaker,
+    key,
+    profile,
+    onStartup: options.healthOnStartup ?? "degraded"
   })
-  onSessionLost = () => Effect.runSync(health.checkSoon)
-  onServerChanged = onSessionLost
-  yield* Effect.forkScoped(
-    Stream.runForEach(breaker.transitions, (transition) => (transition.to === "Open" ? health.checkSoon : Effect.void)),
-    { startImmediately: true }
-  )
-  const local = breaker.local
-  if (local !== undefined) {
-    yield* Effect.forkScoped(
-      Stream.runForEach(health.changes, (result) =>
-        result.status === "healthy" ? Effect.sync(() => local.probeSucceeded(key)) : Effect.void
-      ),
-      { startImmediately: true }
-    )
-  }
+  onServerChanged = () => Effect.runSync(health.checkSoon)
 
   const pool_ = (): DatabaseMetrics.PoolStats => ({
     max: maxConnections,
-    open: countSockets ? openSockets : undefined,
+    open: countSockets ? sockets.open : undefined,
     inUse: stack.inUse(),
-    idle: countSockets ? Math.max(0, openSockets - stack.inUse()) : undefined,
+    idle: countSockets ? Math.max(0, sockets.open - stack.inUse()) : undefined,
     waiting: stack.waiting()
   })
   const metrics = yield* DatabaseMetrics.make({
@@ -1083,7 +557,7 @@ export const make = Effect.fnUntraced(function* (
           failed: recorder.failed,
           outcomeUnknown: recorder.outcomeUnknown,
           rejections: recorder.rejections,
-          connectionsOpened: countSockets ? socketsOpened : undefined
+          connectionsOpened: countSockets ? sockets.opened : undefined
         })
       ),
       breakerState: breaker.state(key),
@@ -1142,51 +616,6 @@ export const layer = (
     )
   ).pipe(Layer.provide(Reactivity.layer))
 
-const databaseUrl = Config.schema(
-  Schema.Redacted(
-    Schema.String.check(
-      Schema.makeFilter((url: string) => {
-        const parsed = Target.parse(url, "DATABASE_URL")
-        return Result.isSuccess(parsed) || parsed.failure.problem
-      })
-    )
-  ),
-  "DATABASE_URL"
-)
-
-const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<Options> =>
-  Config.all({
-    url,
-    profile: Profile.config,
-    maxConnections: Config.option(
-      Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")
-    ),
-    sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
-    healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP")),
-    whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN"))
-  }).pipe(
-    Config.map(
-      ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
-        url,
-        urlSource: "DATABASE_URL",
-        profile: profile.name,
-        retriesAfterFirst: profile.retriesAfterFirst,
-        backoffBase: profile.backoffBase,
-        backoffJitter: profile.backoffJitter,
-        attemptTimeout: profile.attemptTimeout,
-        healthCheckInterval: profile.healthCheckInterval,
-        healthCheckTimeout: profile.healthCheckTimeout,
-        breakerFailures: profile.breakerFailures,
-        breakerOpenDuration: profile.breakerOpenDuration,
-        breakerOpenDurationMax: profile.breakerOpenDurationMax,
-        maxConnections: Option.getOrUndefined(maxConnections),
-        sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
-        healthOnStartup: Option.getOrUndefined(healthOnStartup),
-        whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen)
-      })
-    )
-  )
-
 /**
  * The options `layerConfig` reads from the environment.
  *
@@ -1203,7 +632,7 @@ const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<
  * @since 0.1.0
  * @category config
  */
-export const config: Config.Config<Options> = settings(databaseUrl)
+export const config: Config.Config<Options> = EnvConfig.settings(EnvConfig.databaseUrl)
 
 /**
  * The resilient client configured from the environment (see `config`).
@@ -1217,20 +646,17 @@ export const layerConfig = (
   options?: Options
 ): Layer.Layer<Provided, SqlError | HealthMonitor.StartupHealthCheckFailed | Target.InvalidUrl | Config.ConfigError> =>
   Layer.unwrap(
-    Effect.map(options?.url === undefined ? config : settings(Config.succeed(options.url)), (fromEnv) =>
+    Effect.map(options?.url === undefined ? config : EnvConfig.settings(Config.succeed(options.url)), (fromEnv) =>
       layer(
-        dropUndefined({
+        EnvConfig.dropUndefined({
           ...fromEnv,
           // An open duration given alone in code pins it, as it does for `layer`: the profile's ceiling must not follow.
           ...(options?.breakerOpenDuration !== undefined && { breakerOpenDurationMax: undefined }),
-          ...dropUndefined(options ?? {})
+          ...EnvConfig.dropUndefined(options ?? {})
         })
       )
     )
   )
-
-const dropUndefined = <A extends object>(options: A): A =>
-  Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as A
 
 /**
  * The connection URL with its password replaced, for logs.

@@ -1,0 +1,58 @@
+/**
+ * The environment variables `ResilientPg.layerConfig` reads: one list, which
+ * the `Config` below reads by name and the README's table is generated from.
+ *
+ * @internal
+ */
+import { Profile } from "@sturdy/resilience"
+import { Config, Option, type Redacted, Result, Schema } from "effect"
+import type { Options } from "../ResilientPg.ts"
+import * as Target from "../Target.ts"
+
+export const databaseUrl = Config.schema(
+  Schema.Redacted(
+    Schema.String.check(
+      Schema.makeFilter((url: string) => {
+        const parsed = Target.parse(url, "DATABASE_URL")
+        return Result.isSuccess(parsed) || parsed.failure.problem
+      })
+    )
+  ),
+  "DATABASE_URL"
+)
+
+export const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.Config<Options> =>
+  Config.all({
+    url,
+    profile: Profile.config,
+    maxConnections: Config.option(
+      Config.schema(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)), "STURDY_POOL_SIZE")
+    ),
+    sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
+    healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP")),
+    whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN"))
+  }).pipe(
+    Config.map(
+      ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
+        url,
+        urlSource: "DATABASE_URL",
+        profile: profile.name,
+        retriesAfterFirst: profile.retriesAfterFirst,
+        backoffBase: profile.backoffBase,
+        backoffJitter: profile.backoffJitter,
+        attemptTimeout: profile.attemptTimeout,
+        healthCheckInterval: profile.healthCheckInterval,
+        healthCheckTimeout: profile.healthCheckTimeout,
+        breakerFailures: profile.breakerFailures,
+        breakerOpenDuration: profile.breakerOpenDuration,
+        breakerOpenDurationMax: profile.breakerOpenDurationMax,
+        maxConnections: Option.getOrUndefined(maxConnections),
+        sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
+        healthOnStartup: Option.getOrUndefined(healthOnStartup),
+        whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen)
+      })
+    )
+  )
+
+export const dropUndefined = <A extends object>(options: A): A =>
+  Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as A
