@@ -51,6 +51,11 @@ import { PrometheusMetrics } from "effect/observability"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { readFileSync } from "node:fs"
 
+const TOKEN = "STURDY_ADMIN_TOKEN"
+
+/** A shorter token could be guessed; the same bound applies in code and in the environment. */
+const minTokenLength = 16
+
 /**
  * @since 0.1.0
  * @category models
@@ -130,6 +135,8 @@ export interface Snapshot {
 
 /**
  * The token is shorter than 16 characters or the options are out of range.
+ * (A token from the environment is checked by `config`, which fails with a
+ * `ConfigError` naming `STURDY_ADMIN_TOKEN` instead.)
  *
  * @since 0.1.0
  * @category errors
@@ -292,9 +299,9 @@ export const layer = (
   HttpRouter.use(
     Effect.fnUntraced(function* (router) {
       const token = options.token === undefined ? undefined : Redacted.value(options.token)
-      if (token !== undefined && token.length < 16) {
+      if (token !== undefined && token.length < minTokenLength) {
         return yield* new InvalidAdminOptions({
-          message: `Admin: the token must have at least 16 characters, got ${token.length}`
+          message: `Admin: the token must have at least ${minTokenLength} characters, got ${token.length}`
         })
       }
       const { snapshot, ready } = yield* makeSnapshot(options)
@@ -311,7 +318,7 @@ export const layer = (
         )
       )
       if (token === undefined) {
-        yield* Effect.logInfo("Admin routes are off: no token is configured (STURDY_ADMIN_TOKEN)").pipe(
+        yield* Effect.logInfo(`Admin routes are off: no token is configured (${TOKEN})`).pipe(
           Effect.annotateLogs({ "sturdy.event": "admin" })
         )
         return
@@ -359,20 +366,55 @@ export const layer = (
 const withHeaders = HttpServerResponse.setHeaders(pageHeaders)
 
 /**
- * `STURDY_ADMIN_TOKEN`: the admin routes' bearer token (optional; without
- * it the admin routes are off).
+ * The environment variables `config` reads, as data: the names `config`
+ * reads are these, and the README's configuration table is made from them.
+ * `default` is what applies while the variable is unset (`undefined`:
+ * nothing; for the token, the admin routes are off).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const variables: ReadonlyArray<{
+  readonly name: string
+  readonly default: string | undefined
+  readonly description: string
+}> = [
+  {
+    name: TOKEN,
+    default: undefined,
+    description: `the admin routes' bearer token, at least ${minTokenLength} characters; unset: admin routes off (\`Admin.layerConfig\`)`
+  }
+]
+
+/**
+ * The admin options from the environment: `STURDY_ADMIN_TOKEN`, the admin
+ * routes' bearer token (optional; without it the admin routes are off). A
+ * token shorter than 16 characters fails with a `ConfigError` naming
+ * `STURDY_ADMIN_TOKEN`, without echoing the value.
  *
  * @since 0.1.0
  * @category config
  */
 export const config: Config.Config<Options> = Config.map(
-  Config.option(Config.Redacted("STURDY_ADMIN_TOKEN")),
+  Config.option(
+    Config.schema(
+      Schema.Redacted(
+        Schema.String.check(
+          Schema.makeFilter(
+            (token: string) => token.length >= minTokenLength || `Expected at least ${minTokenLength} characters`
+          )
+        )
+      ),
+      TOKEN
+    )
+  ),
   (token): Options => ({ token: Option.getOrUndefined(token) })
 )
 
 /**
  * The routes configured from the environment (see `config`); `options`
- * given in code win.
+ * given in code win, and with `options.token`, `STURDY_ADMIN_TOKEN` is not
+ * read.
  *
  * @since 0.1.0
  * @category layers
@@ -385,7 +427,7 @@ export const layerConfig = (
   HttpRouter.HttpRouter | ResilientPg.ResilientPg | HealthMonitor.HealthMonitor | DatabaseMetrics.DatabaseMetrics
 > =>
   Layer.unwrap(
-    Effect.map(config, (fromEnv) =>
+    Effect.map(options?.token === undefined ? config : Config.succeed<Options>({ token: options.token }), (fromEnv) =>
       layer({ ...fromEnv, ...Object.fromEntries(Object.entries(options ?? {}).filter(([, v]) => v !== undefined)) })
     )
   )

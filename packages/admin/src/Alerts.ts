@@ -45,6 +45,10 @@ import { HealthMonitor } from "@sturdy/resilience"
 import { Clock, Config, Duration, Effect, Layer, Option, Queue, Redacted, Schedule, Schema, Stream } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientRequest } from "effect/http"
 
+const WEBHOOK_URL = "STURDY_ALERT_WEBHOOK_URL"
+const DEBOUNCE = "STURDY_ALERT_DEBOUNCE"
+const defaultDebounce = "1 minute"
+
 /**
  * @since 0.1.0
  * @category models
@@ -156,6 +160,16 @@ export class WebhookFailed extends Schema.TaggedError<WebhookFailed>()("WebhookF
   }
 }
 
+/** The host a webhook is logged by, or `undefined` when `url` is not an http:// or https:// URL. */
+const webhookHost = (url: string): string | undefined => {
+  try {
+    const parsed = new URL(url)
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.host : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /**
  * A sink that POSTs each alert as JSON through `HttpClient`, with its own
  * timeout and retries.
@@ -165,12 +179,8 @@ export class WebhookFailed extends Schema.TaggedError<WebhookFailed>()("WebhookF
  */
 export const webhook = Effect.fnUntraced(function* (options: WebhookOptions) {
   const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
-  let host: string
-  try {
-    const parsed = new URL(url)
-    if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new Error("protocol")
-    host = parsed.host
-  } catch {
+  const host = webhookHost(url)
+  if (host === undefined) {
     return yield* new InvalidAlertOptions({ message: "Alerts.webhook: url must be an http:// or https:// URL" })
   }
   const retries = options.retries ?? 3
@@ -360,7 +370,7 @@ export const layer = (
           message: `Alerts: queueSize must be an integer >= 1, got ${queueSize}`
         })
       }
-      const debounce = Duration.fromInput(options.debounce ?? "1 minute")
+      const debounce = Duration.fromInput(options.debounce ?? defaultDebounce)
       if (Option.isNone(debounce)) {
         return yield* new InvalidAlertOptions({ message: `Alerts: debounce is not a duration: ${options.debounce}` })
       }
@@ -483,40 +493,93 @@ export const layer = (
   )
 
 /**
- * The alert options `layerConfig` reads:
- *
- * | variable | meaning | default |
- * |---|---|---|
- * | `STURDY_ALERT_WEBHOOK_URL` | POST alerts there as JSON, besides the log | none |
- * | `STURDY_ALERT_DEBOUNCE` | merge repeats within this window (`30 seconds`, `5 minutes`) | 1 minute |
+ * The environment variables `config` reads, as data: the names `config`
+ * reads are these, and the README's configuration table is made from them.
+ * `default` is what applies while the variable is unset (`undefined`:
+ * nothing; for the webhook, alerts go to the log only).
  *
  * @since 0.1.0
  * @category config
  */
-export const config = Config.all({
-  webhookUrl: Config.option(Config.Redacted("STURDY_ALERT_WEBHOOK_URL")),
-  debounce: Config.option(Config.Duration("STURDY_ALERT_DEBOUNCE"))
-})
+export const variables: ReadonlyArray<{
+  readonly name: string
+  readonly default: string | undefined
+  readonly description: string
+}> = [
+  {
+    name: WEBHOOK_URL,
+    default: undefined,
+    description:
+      "POST alerts there as JSON, besides the log (`Alerts.layerConfig`); an http:// or https:// URL, redacted (it may carry a secret)"
+  },
+  {
+    name: DEBOUNCE,
+    default: defaultDebounce,
+    description: "merge repeated alerts within this window (`30 seconds`, `5 minutes`)"
+  }
+]
+
+const webhookUrlConfig = Config.option(
+  Config.schema(
+    Schema.Redacted(
+      Schema.String.check(
+        Schema.makeFilter((url: string) => webhookHost(url) !== undefined || "Expected an http:// or https:// URL")
+      )
+    ),
+    WEBHOOK_URL
+  )
+)
+
+const debounceConfig = Config.option(
+  Config.schema(
+    Schema.DurationFromString.check(
+      Schema.makeFilter((duration: Duration.Duration) => Duration.isFinite(duration) || "Expected a finite duration")
+    ),
+    DEBOUNCE
+  )
+)
+
+/**
+ * The alert settings from the environment (see `variables`). Each value is
+ * validated here: a webhook URL that is not http:// or https://, or a
+ * debounce that is not a duration, fails with a `ConfigError` naming its
+ * variable; the URL is never echoed.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<{
+  readonly webhookUrl: Option.Option<Redacted.Redacted<string>>
+  readonly debounce: Option.Option<Duration.Duration>
+}> = Config.all({ webhookUrl: webhookUrlConfig, debounce: debounceConfig })
 
 /**
  * Alerts configured from the environment (see `config`): the log, plus a
- * webhook through `fetch` when `STURDY_ALERT_WEBHOOK_URL` is set.
+ * webhook through `fetch` when `STURDY_ALERT_WEBHOOK_URL` is set. `options`
+ * given in code win: with `options.sinks` (which then replace the log and
+ * the webhook) `STURDY_ALERT_WEBHOOK_URL` is not read, with
+ * `options.debounce` `STURDY_ALERT_DEBOUNCE` is not.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerConfig = (): Layer.Layer<
+export const layerConfig = (
+  options?: Options
+): Layer.Layer<
   never,
   InvalidAlertOptions | Config.ConfigError,
   ResilientPg.ResilientPg | HealthMonitor.HealthMonitor
 > =>
   Layer.unwrap(
     Effect.gen(function* () {
-      const { webhookUrl, debounce } = yield* config
-      const sinks: Array<Sink> = [log]
-      if (Option.isSome(webhookUrl)) {
-        sinks.push(yield* Effect.provide(webhook({ url: webhookUrl.value }), FetchHttpClient.layer))
+      let sinks = options?.sinks
+      if (sinks === undefined) {
+        const url = yield* webhookUrlConfig
+        sinks = Option.isSome(url)
+          ? [log, yield* Effect.provide(webhook({ url: url.value }), FetchHttpClient.layer)]
+          : [log]
       }
-      return layer({ sinks, debounce: Option.getOrUndefined(debounce) })
+      const debounce = options?.debounce ?? Option.getOrUndefined(yield* debounceConfig)
+      return layer({ ...options, sinks, debounce })
     })
   )
