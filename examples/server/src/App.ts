@@ -33,6 +33,7 @@ export interface Options {
   readonly adminToken: Redacted.Redacted<string> | undefined
   /** ResilientPg options over the example's defaults (the environment's `STURDY_*` variables apply first). */
   readonly database?: Partial<ResilientPg.Options> | undefined
+  /** Alerts options over the environment's `STURDY_ALERT_*` (see `Alerts.layerConfig`). */
   readonly alerts?: Alerts.Options | undefined
   /** How long in-flight requests may take to finish on shutdown. Default 10 seconds. */
   readonly gracefulShutdownTimeout?: Duration.Input | undefined
@@ -221,7 +222,7 @@ export const layer = (options: Options) => {
       })
     )
   )
-  return Layer.mergeAll(server, Alerts.layer(options.alerts)).pipe(
+  return Layer.mergeAll(server, Alerts.layerConfig(options.alerts)).pipe(
     Layer.provide(Migrations),
     Layer.provideMerge(database)
   )

@@ -3,13 +3,18 @@
  *
  * On an embedded PostgreSQL unless DATABASE_URL is set. PORT (default 3000)
  * and HOST (default 127.0.0.1) choose where it listens. STURDY_ADMIN_TOKEN
- * sets the admin token (never printed); without one, this example makes a
- * random token for the run and prints the dashboard's address with it.
+ * sets the admin token (never printed; read by `Admin.config`); without one,
+ * this example makes a random token for the run and prints the dashboard's
+ * address with it. STURDY_ALERT_WEBHOOK_URL and STURDY_ALERT_DEBOUNCE
+ * configure the alerts (`Alerts.layerConfig`), the other STURDY_* variables
+ * the database client (`ResilientPg.layerConfig`). An invalid value stops the
+ * start with an error naming its variable.
  * SIGTERM or Ctrl-C stops accepting connections, lets in-flight requests
  * finish, then closes the pool (and the embedded server). A database that is
  * down at start-up leaves the service up and not ready until it comes back.
  */
 import { NodeRuntime } from "@effect/platform-node"
+import { Admin } from "@sturdy/admin"
 import { ResilientPg } from "@sturdy/pg"
 import { PgServer } from "@sturdy/testing"
 import { Cause, Config, Effect, Exit, Option, Redacted, Runtime, Schema } from "effect"
@@ -27,12 +32,13 @@ const main = Effect.gen(function* () {
       Config.withDefault(3000)
     ),
     host: Config.String("HOST").pipe(Config.withDefault("127.0.0.1")),
-    adminToken: Config.option(Config.Redacted("STURDY_ADMIN_TOKEN"))
+    // STURDY_ADMIN_TOKEN, validated (at least 16 characters) before anything starts.
+    admin: Admin.config
   })
   const embedded = Option.isSome(env.databaseUrl) ? undefined : yield* PgServer.makeEmbedded
   const databaseUrl = embedded?.url ?? Option.getOrThrow(env.databaseUrl)
-  const generated = Option.isNone(env.adminToken)
-  const adminToken = Option.getOrElse(env.adminToken, () => Redacted.make(randomBytes(24).toString("base64url")))
+  const generated = env.admin.token === undefined
+  const adminToken = env.admin.token ?? Redacted.make(randomBytes(24).toString("base64url"))
 
   yield* Effect.gen(function* () {
     const server = yield* HttpServer.HttpServer
