@@ -53,7 +53,7 @@ const proxyFault = (
     )
 })
 
-/** Every fault of issue 4, each for the length of the cell's window. */
+/** Every fault the chaos suite injects, each for the length of the cell's window. */
 export const faults: ReadonlyArray<Fault> = [
   proxyFault("latency 300 ms", (proxy) => proxy.set(FaultProxy.latency(300)), false),
   proxyFault("refuse new connections", (proxy) => proxy.set(FaultProxy.refuse)),

@@ -140,7 +140,7 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
    * What to do when the connection is lost after a statement was sent:
    * `"safe"` (default) retries only read-only statements and effects marked
    * `idempotent`, and fails others with `OutcomeUnknown`; `"always"` retries
-   * every statement, as the seed did, at the risk of running a write twice.
+   * every statement, at the risk of running a write twice.
    */
   readonly sentPhaseRetry?: "safe" | "always" | undefined
   /**
@@ -617,17 +617,23 @@ export const layer = (
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
- * The options `layerConfig` reads from the environment.
+ * The environment variables `config` reads, as data: the names it reads are
+ * these (a test checks it), and the README's configuration table is made
+ * from them. The profile's own are included.
  *
- * | variable | meaning | default |
- * |---|---|---|
- * | `DATABASE_URL` | `postgres://user:password@host:port/database` | required |
- * | `STURDY_PROFILE`, `NODE_ENV` | the profile, see `Profile` | development |
- * | `STURDY_RETRIES`, `STURDY_BACKOFF_BASE`, `STURDY_BACKOFF_JITTER`, `STURDY_ATTEMPT_TIMEOUT`, `STURDY_HEALTH_CHECK_INTERVAL` | profile overrides | the profile's |
- * | `STURDY_POOL_SIZE` | the pool's maximum connections, integer >= 1 | 10 |
- * | `STURDY_SENT_PHASE_RETRY` | `safe` or `always` | `safe` |
- * | `STURDY_WHEN_CIRCUIT_OPEN` | `wait-and-retry` or `fail-fast` | `wait-and-retry` |
- * | `STURDY_HEALTH_ON_STARTUP` | `degraded` or `fail` | `degraded` |
+ * @since 0.1.0
+ * @category config
+ */
+export const variables: ReadonlyArray<{
+  readonly name: string
+  readonly default: string | undefined
+  readonly description: string
+}> = EnvConfig.variables
+
+/**
+ * The options `layerConfig` reads from the environment (see `variables`).
+ * Every invalid value fails with a `ConfigError` naming its variable, without
+ * echoing the value.
  *
  * @since 0.1.0
  * @category config

@@ -1,5 +1,5 @@
 /**
- * The numbers of the seed's `getMetrics()`, and more, as Effect metrics and as
+ * The client's numbers (calls, failures, latency, breaker, health, pool), as Effect metrics and as
  * one snapshot.
  *
  * **Details**
@@ -10,20 +10,7 @@
  * `Metric.registerUnsafe` and read those counters whenever a snapshot or an
  * exporter (`PrometheusMetrics`) asks, so they are exact and free until read.
  *
- * | metric | type | labels |
- * |---|---|---|
- * | `sturdy_statements_total` | counter | |
- * | `sturdy_statements_failed_total` | counter | |
- * | `sturdy_attempts_total` | counter | |
- * | `sturdy_retries_total` | counter | |
- * | `sturdy_attempt_timeouts_total` | counter | |
- * | `sturdy_breaker_rejections_total` | counter | |
- * | `sturdy_outcome_unknown_total` | counter | |
- * | `sturdy_statement_duration_ms` | histogram | |
- * | `sturdy_breaker_state` | gauge, 1 for the current state | `state` |
- * | `sturdy_breaker_transitions_total` | counter | `from`, `to` |
- * | `sturdy_health_status` | gauge, 1 healthy, 0 unhealthy | |
- * | `sturdy_pool_in_use`, `sturdy_pool_idle`, `sturdy_pool_waiting` | gauge | |
+ * `metrics` lists every metric, its type, labels and meaning.
  *
  * **Gotchas**
  *
@@ -146,7 +133,7 @@ export interface PoolStats {
 }
 
 /**
- * The seed's `getMetrics()` fields, then percentiles, attempts and the pool.
+ * Counts, latency percentiles, attempts, the breaker, health and the pool.
  *
  * @since 0.1.0
  * @category models
@@ -242,7 +229,72 @@ export const snapshot = (sources: Sources): Effect.Effect<Snapshot> =>
   })
 
 /**
- * The snapshot service, and the Effect metrics of the module documentation
+ * Every metric `make` registers, as data: `make` takes each description from
+ * here, and the README's metrics table is made from it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const metrics: ReadonlyArray<{
+  readonly name: string
+  readonly type: "counter" | "gauge" | "histogram"
+  readonly labels: ReadonlyArray<string>
+  readonly description: string
+}> = [
+  { name: "sturdy_statements_total", type: "counter", labels: [], description: "Calls through the policies" },
+  { name: "sturdy_statements_failed_total", type: "counter", labels: [], description: "Calls that failed" },
+  { name: "sturdy_attempts_total", type: "counter", labels: [], description: "Attempts, retries included" },
+  { name: "sturdy_retries_total", type: "counter", labels: [], description: "Retries" },
+  {
+    name: "sturdy_attempt_timeouts_total",
+    type: "counter",
+    labels: [],
+    description: "Attempts that hit the attempt timeout"
+  },
+  {
+    name: "sturdy_breaker_rejections_total",
+    type: "counter",
+    labels: [],
+    description: "Calls rejected by the open circuit"
+  },
+  { name: "sturdy_outcome_unknown_total", type: "counter", labels: [], description: "Writes whose outcome is unknown" },
+  {
+    name: "sturdy_statement_duration_ms",
+    type: "histogram",
+    labels: [],
+    description: "Call latency in milliseconds, retries included"
+  },
+  {
+    name: "sturdy_breaker_state",
+    type: "gauge",
+    labels: ["state"],
+    description: "1 for the breaker's current state"
+  },
+  {
+    name: "sturdy_breaker_transitions_total",
+    type: "counter",
+    labels: ["from", "to"],
+    description: "Breaker transitions"
+  },
+  {
+    name: "sturdy_health_status",
+    type: "gauge",
+    labels: [],
+    description: "1 when the last health check was healthy, 0 when not"
+  },
+  { name: "sturdy_pool_in_use", type: "gauge", labels: [], description: "Connections in use" },
+  { name: "sturdy_pool_idle", type: "gauge", labels: [], description: "Open connections not in use" },
+  { name: "sturdy_pool_waiting", type: "gauge", labels: [], description: "Calls waiting for a connection" }
+]
+
+const descriptionOf = (name: string): string => {
+  const entry = metrics.find((metric) => metric.name === name)
+  if (entry === undefined) throw new Error(`DatabaseMetrics: ${name} is missing from metrics`)
+  return entry.description
+}
+
+/**
+ * The snapshot service, and the Effect metrics of `metrics`
  * registered in the current `Metric.MetricRegistry` until the scope closes.
  *
  * @since 0.1.0
@@ -274,7 +326,8 @@ export const make = Effect.fnUntraced(function* (sources: Sources): Effect.fn.Re
   )
 
   const registrations: Array<Metric.Registration> = []
-  const counter = (name: string, description: string, read: () => number, attributes?: Record<string, string>) => {
+  const counter = (name: string, read: () => number, attributes?: Record<string, string>) => {
+    const description = descriptionOf(name)
     const metric =
       attributes === undefined
         ? Metric.counter(name, { description })
@@ -287,7 +340,8 @@ export const make = Effect.fnUntraced(function* (sources: Sources): Effect.fn.Re
       })
     )
   }
-  const gauge = (name: string, description: string, read: () => number, attributes?: Record<string, string>) => {
+  const gauge = (name: string, read: () => number, attributes?: Record<string, string>) => {
+    const description = descriptionOf(name)
     const metric =
       attributes === undefined ? Metric.gauge(name, { description }) : Metric.gauge(name, { description, attributes })
     registrations.push(
@@ -299,37 +353,37 @@ export const make = Effect.fnUntraced(function* (sources: Sources): Effect.fn.Re
     )
   }
 
-  counter("sturdy_statements_total", "Calls through the policies", () => r.statements)
-  counter("sturdy_statements_failed_total", "Calls that failed", () => r.failed)
-  counter("sturdy_attempts_total", "Attempts, retries included", () => r.attempts)
-  counter("sturdy_retries_total", "Retries", () => r.retries)
-  counter("sturdy_attempt_timeouts_total", "Attempts that hit the attempt timeout", () => r.timeouts)
-  counter("sturdy_breaker_rejections_total", "Calls rejected by the open circuit", () => r.rejections)
-  counter("sturdy_outcome_unknown_total", "Writes whose outcome is unknown", () => r.outcomeUnknown)
+  counter("sturdy_statements_total", () => r.statements)
+  counter("sturdy_statements_failed_total", () => r.failed)
+  counter("sturdy_attempts_total", () => r.attempts)
+  counter("sturdy_retries_total", () => r.retries)
+  counter("sturdy_attempt_timeouts_total", () => r.timeouts)
+  counter("sturdy_breaker_rejections_total", () => r.rejections)
+  counter("sturdy_outcome_unknown_total", () => r.outcomeUnknown)
   for (const [from, to] of [
     ["Closed", "Open"],
     ["Open", "HalfOpen"],
     ["HalfOpen", "Closed"],
     ["HalfOpen", "Open"]
   ]) {
-    counter("sturdy_breaker_transitions_total", "Breaker transitions", () => r.transitions.get(`${from}->${to}`) ?? 0, {
+    counter("sturdy_breaker_transitions_total", () => r.transitions.get(`${from}->${to}`) ?? 0, {
       from: from!,
       to: to!
     })
   }
   for (const tag of ["Closed", "Open", "HalfOpen"] as const) {
-    gauge("sturdy_breaker_state", "1 for the breaker's current state", () => (state === tag ? 1 : 0), {
+    gauge("sturdy_breaker_state", () => (state === tag ? 1 : 0), {
       state: circuitStates[tag]
     })
   }
-  gauge("sturdy_health_status", "1 when the last health check was healthy, 0 when not", () => healthy)
-  gauge("sturdy_pool_in_use", "Connections in use", () => sources.pool().inUse)
-  gauge("sturdy_pool_idle", "Open connections not in use", () => sources.pool().idle ?? 0)
-  gauge("sturdy_pool_waiting", "Calls waiting for a connection", () => sources.pool().waiting)
+  gauge("sturdy_health_status", () => healthy)
+  gauge("sturdy_pool_in_use", () => sources.pool().inUse)
+  gauge("sturdy_pool_idle", () => sources.pool().idle ?? 0)
+  gauge("sturdy_pool_waiting", () => sources.pool().waiting)
   registrations.push(
     Metric.registerUnsafe(
       Metric.histogram("sturdy_statement_duration_ms", {
-        description: "Call latency in milliseconds, retries included",
+        description: descriptionOf("sturdy_statement_duration_ms"),
         boundaries: exportedBoundaries
       }),
       context,

@@ -46,7 +46,7 @@ import {
 } from "effect"
 
 /**
- * The seed's `HealthCheckResult`.
+ * The result of one health probe.
  *
  * @since 0.1.0
  * @category models

@@ -1,23 +1,14 @@
 /**
- * The seed's two profiles, development and production, and the `Config` that
+ * The two profiles, development and production, and the `Config` that
  * picks one from the environment and applies overrides.
  *
  * **Details**
  *
- * | setting | development | production | environment variable |
- * |---|---|---|---|
- * | retries after the first attempt | 3 | 5 | `STURDY_RETRIES` |
- * | backoff base (doubles each retry) | 1 s | 1 s | `STURDY_BACKOFF_BASE` |
- * | additive jitter, uniform in [0, x) | 1 s | 1 s | `STURDY_BACKOFF_JITTER` |
- * | attempt timeout | 10 s | 30 s | `STURDY_ATTEMPT_TIMEOUT` |
- * | health check interval | 30 s | 60 s | `STURDY_HEALTH_CHECK_INTERVAL` |
- * | health check timeout | 5 s | 5 s | `STURDY_HEALTH_CHECK_TIMEOUT` |
- * | breaker: consecutive failed attempts that open it | 5 | 5 | `STURDY_BREAKER_FAILURES` |
- * | breaker: first open duration (doubles with each consecutive opening) | 1 s | 1 s | `STURDY_BREAKER_OPEN_DURATION` |
- * | breaker: ceiling of the open duration (the seed's 60 s) | 60 s | 60 s | `STURDY_BREAKER_OPEN_DURATION_MAX` |
+ * `development` and `production` hold each profile's values; `variables`
+ * lists the environment variables that override them, with their defaults.
  *
  * Setting only the first open duration pins it (the ceiling follows it):
- * `STURDY_BREAKER_OPEN_DURATION=60s` is the seed's fixed minute. While the
+ * `STURDY_BREAKER_OPEN_DURATION=60s` gives a fixed minute. While the
  * breaker is open, `@sturdy/pg` probes the server itself and closes it as soon
  * as the server answers, so the open duration only bounds how long callers
  * wait when nothing else notices the recovery.
@@ -226,6 +217,73 @@ export const nameConfig: Config.Config<Name> = Config.all({
     )
   )
 )
+
+/**
+ * The environment variables `config` and `nameConfig` read, as data: the
+ * names they read are these (a test checks it), and the README's
+ * configuration table is made from them. `default` is what applies while the
+ * variable is unset.
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const variables: ReadonlyArray<{
+  readonly name: string
+  readonly default: string | undefined
+  readonly description: string
+}> = [
+  {
+    name: "STURDY_PROFILE",
+    default: "from `NODE_ENV`",
+    description: "`development` or `production`; anything else is an error"
+  },
+  {
+    name: "NODE_ENV",
+    default: undefined,
+    description: "without `STURDY_PROFILE`: `production` selects the production profile, any other value development"
+  },
+  {
+    name: "STURDY_RETRIES",
+    default: "3 (production: 5)",
+    description: "retries after the first attempt, integer >= 0"
+  },
+  {
+    name: "STURDY_BACKOFF_BASE",
+    default: "1 s",
+    description: "first delay between attempts, doubling with each retry"
+  },
+  {
+    name: "STURDY_BACKOFF_JITTER",
+    default: "1 s",
+    description: "uniform jitter added to each delay, in [0, x)"
+  },
+  {
+    name: "STURDY_ATTEMPT_TIMEOUT",
+    default: "10 s (production: 30 s)",
+    description: "deadline of one attempt: waiting for a connection plus running the statement"
+  },
+  {
+    name: "STURDY_HEALTH_CHECK_INTERVAL",
+    default: "30 s (production: 60 s)",
+    description: "time between health probes while the circuit is closed"
+  },
+  { name: "STURDY_HEALTH_CHECK_TIMEOUT", default: "5 s", description: "deadline of one health probe" },
+  {
+    name: "STURDY_BREAKER_FAILURES",
+    default: "5",
+    description: "consecutive failed attempts that open the circuit, integer >= 1"
+  },
+  {
+    name: "STURDY_BREAKER_OPEN_DURATION",
+    default: "1 s",
+    description: "first open duration, doubling with each consecutive opening; given alone, it is fixed"
+  },
+  {
+    name: "STURDY_BREAKER_OPEN_DURATION_MAX",
+    default: "60 s",
+    description: "ceiling of the open duration"
+  }
+]
 
 /**
  * The profile from the environment with every override applied; see the

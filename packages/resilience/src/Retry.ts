@@ -20,7 +20,8 @@
  * **Gotchas**
  *
  * Effect's `Schedule.jittered` multiplies the delay by a factor in [0.8, 1.2];
- * the seed's jitter is additive, which is what `backoff` does.
+ * `backoff` adds jitter instead, uniform in [0, jitter), so a delay never
+ * falls below its base.
  *
  * @since 0.1.0
  */
@@ -115,7 +116,7 @@ export const schedule = <E>(
  * Same behaviour as `Effect.retry(self, policy)`, but the success path pays
  * only for one `Effect.catch`: `Effect.retry` sets up its schedule driver
  * before the first attempt, which costs about 1.5 µs per call even when
- * nothing fails (DESIGN §10).
+ * nothing fails (measured in `pnpm bench`).
  *
  * @since 0.1.0
  * @category combinators

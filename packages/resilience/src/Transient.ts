@@ -1,6 +1,6 @@
 /**
  * Failures worth another attempt that any network client meets: the socket
- * errors of the seed's table and the attempt timeout, each a tagged class that
+ * errors (timeouts, resets, refusals, DNS failures) and the attempt timeout, each a tagged class that
  * says in which phase it happened.
  *
  * **Details**

@@ -56,3 +56,33 @@ export const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.
 
 export const dropUndefined = <A extends object>(options: A): A =>
   Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as A
+
+export const variables: ReadonlyArray<{
+  readonly name: string
+  readonly default: string | undefined
+  readonly description: string
+}> = [
+  {
+    name: "DATABASE_URL",
+    default: "required",
+    description:
+      "`postgres://user:password@host:port/database`, libpq's syntax: several hosts, `target_session_attrs`, `load_balance_hosts`, `connect_timeout`"
+  },
+  { name: "STURDY_POOL_SIZE", default: "10", description: "the pool's maximum connections, integer >= 1" },
+  {
+    name: "STURDY_SENT_PHASE_RETRY",
+    default: "`safe`",
+    description: "`safe`: after a statement was sent, retry only reads and idempotent work; `always`: every statement"
+  },
+  {
+    name: "STURDY_WHEN_CIRCUIT_OPEN",
+    default: "`wait-and-retry`",
+    description: "`wait-and-retry`: a rejected attempt is retried on the call's backoff; `fail-fast`: the call fails"
+  },
+  {
+    name: "STURDY_HEALTH_ON_STARTUP",
+    default: "`degraded`",
+    description: "`degraded`: the layer builds while the database is down; `fail`: it fails"
+  },
+  ...Profile.variables
+]
