@@ -19,7 +19,13 @@ import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import type * as StatementStats from "../StatementStats.ts"
+import { Call, InFlight } from "./call.ts"
 import { isReadOnly } from "./readOnly.ts"
+import { destroySocket, isStaleConnection, type Sessions, type StaleConnection, staleConnection } from "./sessions.ts"
+import { sqlOf } from "./statementText.ts"
+
+export { Call, InFlight } from "./call.ts"
+export { internalsOf, Sessions } from "./sessions.ts"
 
 /** What the stack needs of a pool: `PgPool`, or a fake one in benchmarks. */
 export interface PoolLike {
@@ -45,177 +51,6 @@ export interface Options {
   /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
   readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
 }
-
-/** One statement's attempts, and its node in the watchdog's list while an attempt runs. */
-export class Call {
-  readonly started: number
-  sql: string | undefined = undefined
-  /** The statement's builder (`@effect/sql` hands it to the borrower): `sqlOf` learns the text from it. */
-  builder: ((connection: Connection) => Effect.Effect<unknown, unknown, unknown>) | undefined = undefined
-  sent = false
-  attempts = 0
-  /** The breaker generation that admitted the current attempt. */
-  generation = 0
-  timedOut = false
-  /** A cancel request was sent for the current attempt's statement. */
-  cancelSent = false
-  deadline = 0
-  connection: PgConnection.PgConnection | undefined = undefined
-  /** Holds one of the stack's slots (one per pooled connection) until the attempt settles. */
-  slot = false
-  /** Parked, waiting for a slot; `resume` wakes it (or times it out). */
-  parked = false
-  resume: ((effect: Effect.Effect<void, Transient.AttemptTimeout>) => void) | undefined = undefined
-  prev: Call | undefined = undefined
-  next: Call | undefined = undefined
-  /** The list the call is in: a call moves from the in-flight list to the cancelled one, never in both. */
-  list: InFlight | undefined = undefined
-  constructor(started: number) {
-    this.started = started
-  }
-}
-
-/**
- * A FIFO of calls, linked through the calls themselves. Every attempt has the
- * same timeout (and every cancelled one the same grace), so deadlines come in
- * order. `remove` ignores a call that is in another list (or none).
- */
-export class InFlight {
-  head: Call | undefined = undefined
-  tail: Call | undefined = undefined
-  add(call: Call): void {
-    if (call.list !== undefined) call.list.remove(call)
-    call.prev = this.tail
-    call.next = undefined
-    if (this.tail === undefined) this.head = call
-    else this.tail.next = call
-    this.tail = call
-    call.list = this
-  }
-  remove(call: Call): void {
-    if (call.list !== this) return
-    if (call.prev === undefined) this.head = call.next
-    else call.prev.next = call.next
-    if (call.next === undefined) this.tail = call.prev
-    else call.next.prev = call.prev
-    call.prev = call.next = undefined
-    call.list = undefined
-  }
-}
-
-/**
- * What Sturdy reads of the driver's internals (pinned @effect/sql-pg 4.0.5):
- * the session's socket and the hooks run when the session dies. Without them
- * (another driver version), the features that need them do nothing.
- */
-interface Internals {
-  readonly base?: { readonly session?: { readonly socket?: { destroy(): void } & Record<symbol, unknown> } }
-  readonly retireHooks?: Set<() => void>
-}
-
-export const internalsOf = (connection: PgConnection.PgConnection): Internals | undefined =>
-  (connection as unknown as Record<string, Internals | undefined>)["~@effect/sql-pg/PgConnection/internals"]
-
-/**
- * Ends a session whose network went silent: the driver then fails its
- * statement as a closed connection. Without the driver's internals it does
- * nothing, and the statement_timeout and the cancel request remain.
- */
-const destroySocket = (connection: PgConnection.PgConnection): void => {
-  internalsOf(connection)?.base?.session?.socket?.destroy()
-}
-
-/**
- * What every session of one client shares: how statements are prepared, how a
- * session is retired, what runs after `BEGIN`.
- */
-export class Sessions {
-  /**
-   * Whether statements use named prepared statements (the driver's cache).
-   * Turned off for good the first time a session shows that they do not
-   * survive between statements: a pooler in transaction mode (PgBouncer before
-   * 1.21, Supavisor, RDS Proxy) hands each transaction whichever server
-   * connection is free, where a statement prepared on another one does not
-   * exist (26000) or its name is taken (42P05). Unnamed statements work there.
-   */
-  prepare = true
-  /**
-   * Moves on when the server behind the connections changed (discovery chose
-   * another host, or a connection answered 25006 where writes were wanted):
-   * connections opened in an earlier epoch are retired the next time they are
-   * lent, instead of each failing one call first. 0 until the first move, so
-   * the common case checks nothing.
-   */
-  epoch = 0
-  /** Retires a session: the pool replaces it instead of lending it again. */
-  readonly retire: (connection: PgConnection.PgConnection) => Effect.Effect<void>
-  /** Run right after `BEGIN` (the transaction's `SET LOCAL statement_timeout`). */
-  readonly afterBegin: string | undefined
-  /**
-   * Whether a 25006 means the server is not what the target wants (writes
-   * wanted), rather than the caller's write on a standby it asked for.
-   */
-  readonly evictOnReadOnly: boolean
-  private readonly onUnprepared: () => void
-  private readonly onServerChanged: () => void
-  constructor(options: {
-    readonly retire: (connection: PgConnection.PgConnection) => Effect.Effect<void>
-    readonly afterBegin?: string | undefined
-    readonly evictOnReadOnly?: boolean | undefined
-    /** Runs once, when prepared statements are turned off. */
-    readonly onUnprepared?: (() => void) | undefined
-    /** Runs when a connection shows its server changed (25006 where writes are wanted, a shutdown): rediscover. */
-    readonly onServerChanged?: (() => void) | undefined
-  }) {
-    this.retire = options.retire
-    this.afterBegin = options.afterBegin
-    this.evictOnReadOnly = options.evictOnReadOnly ?? true
-    this.onUnprepared = options.onUnprepared ?? (() => {})
-    this.onServerChanged = options.onServerChanged ?? (() => {})
-  }
-  /** Stamps a new socket with the current epoch. */
-  mark(socket: object): void {
-    ;(socket as Record<symbol, number>)[epochKey] = this.epoch
-  }
-  /** Whether a connection was opened before the last move. */
-  stale(connection: PgConnection.PgConnection): boolean {
-    const stamp = internalsOf(connection)?.base?.session?.socket?.[epochKey] as number | undefined
-    return stamp !== undefined && stamp < this.epoch
-  }
-  /** The server behind the connections changed: connections from before are retired as they come back. */
-  moved(): void {
-    this.epoch++
-  }
-  /**
-   * Notes a failure on `connection`: prepared statements that do not survive
-   * turn them off; a read-only answer where writes are wanted, or a shutdown,
-   * means the server changed: the epoch moves on (once per epoch), the
-   * connection is retired and discovery runs.
-   */
-  failed(error: SqlError, connection: PgConnection.PgConnection): Effect.Effect<void> {
-    if (this.prepare && PgFailure.preparedStatementsUnavailable(error)) {
-      this.prepare = false
-      this.onUnprepared()
-    }
-    const code = PgFailure.sqlStateOf(error)
-    if (code === "25006" && this.evictOnReadOnly) {
-      if (!this.stale(connection)) this.moved()
-      this.onServerChanged()
-      return this.retire(connection)
-    }
-    if (code === "57P01" || code === "57P02") this.onServerChanged()
-    return Effect.void
-  }
-}
-
-const epochKey = Symbol.for("@sturdy/pg/Sessions/epoch")
-
-/** A lent connection from an earlier epoch: retired, and the lending tried again. */
-class StaleConnection {
-  readonly _tag = "StaleConnection"
-}
-const staleConnection = new StaleConnection()
-const isStaleConnection = (u: unknown): u is StaleConnection => u === staleConnection
 
 /** `@effect/sql`'s `Connection` over a native session, noting the SQL it runs in a `Call`. */
 export class SqlConnection implements Connection {
@@ -346,45 +181,6 @@ export class SqlConnection implements Connection {
 
 const rollbackStatement = /^\s*ROLLBACK\b/i
 const beginStatement = /^\s*(BEGIN|START\s+TRANSACTION)\b/i
-
-// --- The text of a statement that never reached a connection ---------------------------------------------------
-// `@effect/sql` compiles a statement before borrowing a connection and hands the borrower a builder that calls
-// the connection's `execute*` with the text. On a failure path only (the breaker rejected the call, no connection
-// could be opened), Sturdy hands that builder a connection that runs nothing and notes the text it is given, so
-// the statement table sees those failures too. A builder that calls nothing at once leaves the text unknown.
-
-let capturedSql: string | undefined
-const capture = (sql: string) => {
-  capturedSql = sql
-  return Effect.void
-}
-const sqlProbe = {
-  execute: capture,
-  executeRaw: capture,
-  executeValues: capture,
-  executeValuesUnprepared: capture,
-  executeUnprepared: capture,
-  executeStream: (sql: string) => {
-    capturedSql = sql
-    return Stream.empty
-  }
-} as unknown as Connection
-
-/** The SQL text a statement's builder would run, without running anything. */
-const sqlOf = (
-  builder: ((connection: Connection) => Effect.Effect<unknown, unknown, unknown>) | undefined
-): string | undefined => {
-  if (builder === undefined) return undefined
-  capturedSql = undefined
-  try {
-    builder(sqlProbe)
-  } catch {
-    return undefined
-  }
-  const sql = capturedSql
-  capturedSql = undefined
-  return sql
-}
 
 const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
 const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
