@@ -14,14 +14,22 @@
 //   `retryAfter`, instead of building three error objects with stacks.
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import { Breaker, type DatabaseMetrics, type Profile, Retry, Transient } from "@sturdy/resilience"
-import { Cause, Clock, Duration, Effect, Exit, type Fiber, Predicate, Schedule, type Scope, Stream } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, type Fiber, Schedule, type Scope, Stream } from "effect"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
-import { isSqlError, type SqlError } from "effect/sql/SqlError"
+import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import type * as StatementStats from "../StatementStats.ts"
 import { Call, InFlight } from "./call.ts"
+import {
+  attemptTimeout,
+  breakerOutcome,
+  decide,
+  isCircuitOpen,
+  type Policy,
+  reasonOf,
+  shouldRetry
+} from "./classify.ts"
 import { WatchedConnection } from "./connection.ts"
-import { isReadOnly } from "./readOnly.ts"
 import { destroySocket, isStaleConnection, type Sessions, type StaleConnection, staleConnection } from "./sessions.ts"
 import { sqlOf } from "./statementText.ts"
 
@@ -56,15 +64,6 @@ export interface Options {
   readonly sessions: Sessions
   /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
   readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
-}
-
-const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
-const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
-
-/** The name a failure is reported under in the statement table: its reason when it has one. */
-const reasonOf = (error: unknown): string => {
-  const tagged = error as { readonly _tag?: string; readonly reason?: { readonly _tag?: string } }
-  return tagged?.reason?._tag ?? tagged?._tag ?? "Unknown"
 }
 
 /** Builds an error without capturing a stack: for errors a caller meets by the thousand (rejections). */
@@ -121,7 +120,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         cancelled.add(call)
       } else if (call.parked) {
         call.parked = false
-        call.resume?.(Effect.fail(attemptTimeout(call)))
+        call.resume?.(Effect.fail(timeoutOf(call)))
       }
       // Otherwise it is opening a connection, which the driver's connect timeout (the attempt timeout) bounds.
     }
@@ -135,53 +134,14 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   // --- Classification ---------------------------------------------------------------------------------------------
 
-  const attemptTimeout = (call: Call) =>
-    new Transient.AttemptTimeout({ phase: call.sent ? "sent" : "connect", timeout: profile.attemptTimeout })
-
-  /** What a failed attempt means for the retry: a transient failure, an unknown outcome, or the original error. */
-  const decide = (error: unknown, call: Call, idempotency: "auto" | "idempotent" | "not-idempotent"): unknown => {
-    // The connection gate refused to open a socket: the circuit opened while this attempt was on its way.
-    if (isSqlError(error) && isCircuitOpen(error.reason.cause)) return error.reason.cause
-    // A refused configuration: not transient, and not an outage (the breaker sees an answer).
-    const refused = isSqlError(error) ? PgFailure.refusal(error) : undefined
-    if (refused !== undefined) return refused
-    let reason: PgFailure.TransientReason | undefined = Predicate.isTagged(error, "AttemptTimeout")
-      ? (error as Transient.AttemptTimeout)
-      : isSqlError(error)
-        ? PgFailure.classify(error)
-        : undefined
-    // The watchdog ended this session: the closed connection is the attempt's deadline.
-    if (call.timedOut && reason !== undefined && isSqlError(error) && PgFailure.sessionLost(error)) {
-      reason = attemptTimeout(call)
-    }
-    if (reason === undefined) return error
-    if (
-      PgFailure.outcome(reason) === "not-applied" ||
-      options.sentPhaseRetry === "always" ||
-      idempotency === "idempotent" ||
-      (idempotency === "auto" && call.sql !== undefined && isReadOnly(call.sql))
-    ) {
-      return new PgFailure.TransientError({ reason })
-    }
-    return new PgFailure.OutcomeUnknown({ reason })
-  }
-
-  /**
-   * What an attempt tells the breaker (decision 0009): failing to get a
-   * session and timeouts count; an answer, even an error, is a success; a
-   * session lost mid-statement and a read-only refusal are ignored.
-   */
-  const breakerOutcome = (failure: unknown): Breaker.Outcome => {
-    if (isCircuitOpen(failure)) return "Ignored"
-    if (!isTransientError(failure) && !Predicate.isTagged(failure, "OutcomeUnknown")) {
-      recorder.consecutiveFailures = 0
-      return "Success"
-    }
-    if (!PgFailure.countsAgainstBreaker((failure as PgFailure.TransientError | PgFailure.OutcomeUnknown).reason)) {
-      return "Ignored"
-    }
-    recorder.consecutiveFailures++
-    return "Failure"
+  const classifying: Policy = { sentPhaseRetry: options.sentPhaseRetry, attemptTimeout: profile.attemptTimeout }
+  const timeoutOf = (call: Call) => attemptTimeout(call, profile.attemptTimeout)
+  /** What the breaker is told of a failure; the recorder keeps the run of consecutive failures it makes. */
+  const toBreaker = (failure: unknown): Breaker.Outcome => {
+    const outcome = breakerOutcome(failure)
+    if (outcome === "Success") recorder.consecutiveFailures = 0
+    else if (outcome === "Failure") recorder.consecutiveFailures++
+    return outcome
   }
 
   // --- One attempt ------------------------------------------------------------------------------------------------
@@ -378,8 +338,8 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       return Effect.failCause(cause)
     }
     return Effect.withFiber((fiber) => {
-      const failure = decide(found.value, call, options.idempotency(fiber))
-      localBreaker.record(key, generation, breakerOutcome(failure))
+      const failure = decide(found.value, call, options.idempotency(fiber), classifying)
+      localBreaker.record(key, generation, toBreaker(failure))
       return Effect.fail(failure)
     })
   }
@@ -404,14 +364,16 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
               const found = Cause.findErrorOption(cause)
               return found._tag === "None"
                 ? Effect.failCause(cause)
-                : Effect.withFiber((fiber) => Effect.fail(decide(found.value, call, options.idempotency(fiber))))
+                : Effect.withFiber((fiber) =>
+                    Effect.fail(decide(found.value, call, options.idempotency(fiber), classifying))
+                  )
             }
           })
         }),
         (exit) =>
           Exit.isSuccess(exit)
             ? "Success"
-            : breakerOutcome(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
+            : toBreaker(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
       ),
       (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
     )
@@ -421,8 +383,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   // --- The retry, built only after a failure --------------------------------------------------------------------
 
-  const shouldRetry = (failure: unknown) =>
-    isTransientError(failure) || (options.whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
+  const retryable = (failure: unknown) => shouldRetry(failure, options.whenCircuitOpen)
   // Calls waiting after a rejection, woken when the breaker closes.
   const closedWaiters = new Set<() => void>()
   const untilClosed = Effect.callback<void>((resume) => {
@@ -448,7 +409,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const rejectionEndsTheCall = options.whenCircuitOpen === "fail-fast" || profile.retriesAfterFirst === 0
   const policy = Retry.schedule(
     { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
-    shouldRetry
+    retryable
   ).pipe(
     Schedule.tap((meta) =>
       Effect.logWarning("Retrying a failed database call").pipe(
@@ -548,7 +509,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     next: Effect.Effect<A, unknown, R>,
     first: unknown
   ): Effect.Effect<A, E | SqlError, R> => {
-    if (!shouldRetry(first)) return fail<E>(operation, call, counted, first)
+    if (!retryable(first)) return fail<E>(operation, call, counted, first)
     let replayed = false
     const replay = Effect.suspend(() => {
       if (replayed) return next
@@ -666,18 +627,18 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
             orElse: () =>
               Effect.suspend(() => {
                 recorder.timeouts++
-                return Effect.fail(attemptTimeout(call))
+                return Effect.fail(timeoutOf(call))
               })
           }).pipe(
             Effect.catch((error) =>
-              Effect.withFiber((fiber) => Effect.fail(decide(error, call, options.idempotency(fiber))))
+              Effect.withFiber((fiber) => Effect.fail(decide(error, call, options.idempotency(fiber), classifying)))
             )
           )
         }),
         (exit) =>
           Exit.isSuccess(exit)
             ? "Success"
-            : breakerOutcome(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
+            : toBreaker(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
       ),
       (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
     )
