@@ -1,13 +1,13 @@
 import { assert, describe, layer } from "@effect/vitest"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { PgServer } from "@sturdy/testing"
+import { Eventually, PgServer } from "@sturdy/testing"
 import { eq, sql as raw } from "drizzle-orm"
 import * as PgDrizzle from "drizzle-orm/effect-postgres"
 import { integer, pgTable, text, uuid } from "drizzle-orm/pg-core"
 import { Deferred, Effect, Fiber, Layer, Logger } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
-import { appName, eventually } from "./helpers.ts"
+import { appName } from "./helpers.ts"
 
 const quiet = Layer.provide(Logger.layer([]))
 
@@ -76,10 +76,11 @@ describe("drizzle-orm's Effect driver on ResilientPg", () => {
             { startImmediately: true }
           )
           // Kill the backend while the statement runs.
-          yield* eventually(
-            Effect.map(server.terminateBackends(applicationName), (killed) => killed > 0),
-            5000
-          )
+          yield* Eventually.until(server.terminateBackends(applicationName), {
+            what: "the INSERT's backend to be terminated",
+            accept: (killed) => killed > 0,
+            timeout: "5 seconds"
+          })
           return yield* Fiber.join(insert)
         }).pipe(Effect.provide(ResilientPg.layer({ url: server.url, applicationName }).pipe(quiet)))
         assert.match(caught, /^OutcomeUnknown: (ConnectionClosed|AdminShutdown|ConnectionReset)$/)

@@ -1,11 +1,11 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { PgFailure, ResilientPg } from "@sturdy/pg"
-import { FaultProxy, LogCapture, PgServer } from "@sturdy/testing"
-import { Clock, Effect, Fiber, Layer } from "effect"
+import { Eventually, FaultProxy, LogCapture, PgServer } from "@sturdy/testing"
+import { Clock, Effect, Fiber, Layer, Random } from "effect"
 import { TestClock } from "effect/testing"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
-import { appName, eventually, failureOf, fast, resilient } from "./helpers.ts"
+import { appName, failureOf, fast, resilient } from "./helpers.ts"
 
 describe("ResilientPg against a real server", () => {
   layer(PgServer.layerEmbedded, { excludeTestServices: true, timeout: "60 seconds" })((it) => {
@@ -43,15 +43,18 @@ describe("ResilientPg against a real server", () => {
         yield* server.stop
         yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
-          const call = yield* Effect.forkChild(sql<{ one: number }>`SELECT 1 AS one`)
+          // Every jitter drawn is a quarter of the profile's 1 s: the first backoff is 1 s + 250 ms.
+          const quarter: Random.Random = { nextDoubleUnsafe: () => 0.25, nextIntUnsafe: () => 0 }
+          const call = yield* Effect.forkChild(
+            sql<{ one: number }>`SELECT 1 AS one`.pipe(Effect.provideService(Random.Random, quarter))
+          )
           const first = yield* logs.waitFor((entry) => entry.annotations["sturdy.event"] === "retry")
-          const delay = first.annotations["sturdy.delayMillis"] as number
-          assert.isAtLeast(delay, 1000)
-          assert.isBelow(delay, 2000)
+          assert.strictEqual(first.annotations["sturdy.delayMillis"], 1250)
           // The server comes back while the call sleeps in its first backoff.
           yield* server.start
-          // The logged delay is rounded to the millisecond.
-          yield* TestClock.adjust(delay + 1)
+          yield* TestClock.adjust(1249)
+          assert.strictEqual((yield* (yield* ResilientPg.ResilientPg).stats).attempts, 1)
+          yield* TestClock.adjust(1)
           const rows = yield* Fiber.join(call)
           assert.deepStrictEqual(rows, [{ one: 1 }])
           const stats = yield* (yield* ResilientPg.ResilientPg).stats
@@ -106,11 +109,11 @@ describe("ResilientPg against a real server", () => {
         yield* Effect.gen(function* () {
           const sql = yield* SqlClient.SqlClient
           const call = yield* Effect.forkChild(sql<{ done: string }>`SELECT 'done' AS done FROM pg_sleep(0.5)`)
-          const waited = yield* eventually(
-            Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("pg_sleep"))),
-            5000
-          )
-          assert.isBelow(waited, 5000)
+          yield* Eventually.until(server.activeQueries(applicationName), {
+            what: "the SELECT running on the server",
+            accept: (queries) => queries.some((q) => q.includes("pg_sleep")),
+            timeout: "5 seconds"
+          })
           assert.strictEqual(yield* server.terminateBackends(applicationName), 1)
           assert.deepStrictEqual(yield* Fiber.join(call), [{ done: "done" }])
           const stats = yield* (yield* ResilientPg.ResilientPg).stats
@@ -135,11 +138,11 @@ describe("ResilientPg against a real server", () => {
                 ResilientPg.unwrapFailures(sql`INSERT INTO ${sql(table)} (id) SELECT ${id}::uuid FROM pg_sleep(0.5)`)
               )
             )
-            const waited = yield* eventually(
-              Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("INSERT"))),
-              5000
-            )
-            assert.isBelow(waited, 5000)
+            yield* Eventually.until(server.activeQueries(applicationName), {
+              what: "the INSERT running on the server",
+              accept: (queries) => queries.some((q) => q.includes("INSERT")),
+              timeout: "5 seconds"
+            })
             yield* server.terminateBackends(applicationName)
             const exit = yield* Fiber.join(call)
             const stats = yield* (yield* ResilientPg.ResilientPg).stats
@@ -169,10 +172,11 @@ describe("ResilientPg against a real server", () => {
               sql`INSERT INTO ${sql(table)} (id) SELECT ${id}::uuid FROM pg_sleep(0.5) ON CONFLICT (id) DO NOTHING`
             )
           )
-          yield* eventually(
-            Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("INSERT"))),
-            5000
-          )
+          yield* Eventually.until(server.activeQueries(applicationName), {
+            what: "the INSERT running on the server",
+            accept: (queries) => queries.some((q) => q.includes("INSERT")),
+            timeout: "5 seconds"
+          })
           yield* server.terminateBackends(applicationName)
           yield* Fiber.join(call)
         }).pipe(Effect.provide(layer))
@@ -229,11 +233,11 @@ describe("ResilientPg against a real server", () => {
           assert.include(["AttemptTimeout", "StatementTimeout"], error.reason._tag)
           assert.strictEqual(error.reason.phase, "sent")
           assert.isBelow(elapsed, 10_000)
-          const untilInactive = yield* eventually(
-            Effect.map(server.activeQueries(applicationName), (queries) => queries.length === 0),
-            1000
-          )
-          assert.isAtMost(untilInactive, 1000)
+          yield* Eventually.until(server.activeQueries(applicationName), {
+            what: "the server to stop running the statement",
+            accept: (queries) => queries.length === 0,
+            timeout: "1 second"
+          })
         })
     )
 
@@ -253,13 +257,13 @@ describe("ResilientPg against a real server", () => {
             const sql = yield* SqlClient.SqlClient
             const timedOut = yield* Effect.forkChild(Effect.exit(ResilientPg.unwrapFailures(sql`SELECT pg_sleep(30)`)))
             // The statement runs on the server, so its deadline will find it on a connection.
-            const running = yield* TestClock.withLive(
-              eventually(
-                Effect.map(server.activeQueries(applicationName), (queries) => queries.length === 1),
-                5000
-              )
+            yield* TestClock.withLive(
+              Eventually.until(server.activeQueries(applicationName), {
+                what: "the statement running on the server",
+                accept: (queries) => queries.length === 1,
+                timeout: "5 seconds"
+              })
             )
-            assert.isBelow(running, Number.POSITIVE_INFINITY, "the statement never started")
             // The deadline passes: the watchdog sends a cancel and holds the call for its grace period (75 ms).
             yield* TestClock.adjust("320 millis")
             // The server cancels at once and the call settles while the clock stands still: inside the grace
@@ -338,10 +342,11 @@ describe("ResilientPg against a real server", () => {
           const exit = yield* Effect.gen(function* () {
             const sql = yield* SqlClient.SqlClient
             const holder = yield* Effect.forkChild(sql.withTransaction(Effect.never))
-            yield* eventually(
-              Effect.map((yield* ResilientPg.ResilientPg).stats, (s) => s.attempts >= 1),
-              5000
-            )
+            yield* Eventually.until((yield* ResilientPg.ResilientPg).stats, {
+              what: "the holder's attempt",
+              accept: (s) => s.attempts >= 1,
+              timeout: "5 seconds"
+            })
             const exit = yield* Effect.exit(ResilientPg.unwrapFailures(sql`SELECT 1`))
             yield* Fiber.interrupt(holder)
             return exit
@@ -371,10 +376,11 @@ describe("ResilientPg against a real server", () => {
               )
             )
           )
-          yield* eventually(
-            Effect.map(server.activeQueries(applicationName), (queries) => queries.some((q) => q.includes("pg_sleep"))),
-            5000
-          )
+          yield* Eventually.until(server.activeQueries(applicationName), {
+            what: "the transaction's pg_sleep running on the server",
+            accept: (queries) => queries.some((q) => q.includes("pg_sleep")),
+            timeout: "5 seconds"
+          })
           yield* server.terminateBackends(applicationName)
           const exit = yield* Fiber.join(tx)
           const stats = yield* (yield* ResilientPg.ResilientPg).stats

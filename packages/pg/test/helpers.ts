@@ -1,7 +1,7 @@
 import { assert } from "@effect/vitest"
 import { ResilientPg } from "@sturdy/pg"
 import type { PgServer } from "@sturdy/testing"
-import { Cause, Clock, Effect, Exit } from "effect"
+import { Cause, Exit } from "effect"
 
 let apps = 0
 /** A unique application name, so each test can find (and kill) only its own backends. */
@@ -27,14 +27,3 @@ export const failureOf = <A, E>(exit: Exit.Exit<A, E>): unknown => {
   assert.isDefined(failure, `expected a typed failure, got ${Cause.pretty(exit.cause)}`)
   return failure?.error
 }
-
-/** Polls an external condition (the server's view) until it holds or the deadline passes; returns the wait. */
-export const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, deadlineMillis: number) =>
-  Effect.gen(function* () {
-    const start = yield* Clock.currentTimeMillis
-    while (true) {
-      if (yield* check) return (yield* Clock.currentTimeMillis) - start
-      if ((yield* Clock.currentTimeMillis) - start > deadlineMillis) return Number.POSITIVE_INFINITY
-      yield* Effect.sleep("20 millis")
-    }
-  })
