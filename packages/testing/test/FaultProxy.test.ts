@@ -1,6 +1,6 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { FaultProxy, PgServer } from "@sturdy/testing"
+import { Eventually, FaultProxy, PgServer } from "@sturdy/testing"
 import { Cause, Clock, Effect, Exit, Fiber, Redacted } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import { isSqlError } from "effect/sql/SqlError"
@@ -45,16 +45,6 @@ const elapsedMillis = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     const start = yield* Clock.currentTimeMillis
     const result = yield* effect
     return { result, millis: (yield* Clock.currentTimeMillis) - start }
-  })
-
-/** Polls a condition outside the test's control (the server's view) until it holds. */
-const waitUntil = <E, R>(condition: Effect.Effect<boolean, E, R>, what: string) =>
-  Effect.gen(function* () {
-    const deadline = (yield* Clock.currentTimeMillis) + 5_000
-    while (!(yield* condition)) {
-      if ((yield* Clock.currentTimeMillis) > deadline) return assert.fail(`timed out waiting for ${what}`)
-      yield* Effect.sleep("10 millis")
-    }
   })
 
 const connectionReset: Observed = {
@@ -335,10 +325,11 @@ describe("FaultProxy, against a real server", () => {
         yield* proxy.pause
         const query = yield* Effect.forkChild(sql<{ readonly one: number }>`SELECT 1 AS one`)
         // The query has reached the proxy, which holds it: the server has not seen it and the caller waits.
-        yield* waitUntil(
-          Effect.map(proxy.held, (held) => held.toServer > 0),
-          "the query to reach the paused proxy"
-        )
+        yield* Eventually.until(proxy.held, {
+          what: "the query to reach the paused proxy",
+          accept: (held) => held.toServer > 0,
+          timeout: "5 seconds"
+        })
         assert.isUndefined(query.pollUnsafe())
         assert.deepStrictEqual(yield* server.activeQueries(app), [])
         assert.strictEqual((yield* proxy.held).toClient, 0)
@@ -357,10 +348,11 @@ describe("FaultProxy, against a real server", () => {
         const idle = yield* clientThrough(proxy.url, { maxConnections: 1 })
         yield* idle`SELECT 1`
         const sleeping = yield* Effect.forkChild(Effect.exit(busy`SELECT pg_sleep(10)`))
-        yield* waitUntil(
-          Effect.map(server.activeQueries(busyApp), (queries) => queries.length === 1),
-          "the server to run pg_sleep"
-        )
+        yield* Eventually.until(server.activeQueries(busyApp), {
+          what: "the server to run pg_sleep",
+          accept: (queries) => queries.length === 1,
+          timeout: "5 seconds"
+        })
         assert.deepStrictEqual(yield* proxy.connections, { open: 2, accepted: 2 })
         assert.strictEqual(yield* proxy.resetAll, 2)
         assert.deepStrictEqual(yield* proxy.connections, { open: 0, accepted: 2 })

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { PgCluster } from "@sturdy/testing"
+import { Eventually, PgCluster } from "@sturdy/testing"
 import { Cause, Effect, Exit, Fiber, Redacted } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import { readFileSync } from "node:fs"
@@ -18,18 +18,6 @@ const sqlState = <A, E>(exit: Exit.Exit<A, E>) => {
   const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
   return (error as { reason?: { cause?: { code?: string } } }).reason?.cause?.code
 }
-
-/** Polls until `check` yields a value, for at most `millis`. */
-const eventually = <A, E>(what: string, check: Effect.Effect<A | undefined, E>, millis = 15_000) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + millis
-    while (Date.now() < deadline) {
-      const value = yield* check
-      if (value !== undefined) return value
-      yield* Effect.sleep("25 millis")
-    }
-    return assert.fail(`timed out after ${millis} ms waiting for ${what}`)
-  })
 
 const replication = (primary: PgClient.PgClient) =>
   primary<{ application_name: string; state: string; sync_state: string }>`
@@ -84,12 +72,14 @@ describe("PgCluster", () => {
 
           yield* primary`CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)`
           yield* primary`INSERT INTO notes VALUES (1, 'written on the primary')`
-          const replicated = yield* eventually(
-            "the row on the standby",
-            standby<{ id: number; body: string }>`SELECT id, body FROM notes`.pipe(
-              Effect.map((rows) => (rows.length > 0 ? rows : undefined)),
-              Effect.catch(() => Effect.succeed(undefined))
-            )
+          // Until the table reaches the standby the query fails (42P01): a failure is checked again too.
+          const replicated = yield* Eventually.until(
+            standby<{ id: number; body: string }>`SELECT id, body FROM notes`,
+            {
+              what: "the row on the standby",
+              accept: (rows) => rows.length > 0,
+              timeout: "15 seconds"
+            }
           )
           assert.deepStrictEqual(replicated, [{ id: 1, body: "written on the primary" }])
 
@@ -116,12 +106,14 @@ describe("PgCluster", () => {
               yield* freezeWalReceiver(yield* client(node1.url))
               const commit = yield* Effect.forkChild(writer`INSERT INTO notes VALUES (1)`)
               // The row is written locally, and the commit waits for a standby that cannot answer.
-              yield* eventually(
-                "the commit waiting for synchronous replication",
+              yield* Eventually.until(
                 observer<{ wait_event: string | null }>`
-                  SELECT wait_event FROM pg_stat_activity WHERE application_name = 'waiting-writer'`.pipe(
-                  Effect.map((rows) => (rows[0]?.wait_event === "SyncRep" ? true : undefined))
-                )
+                  SELECT wait_event FROM pg_stat_activity WHERE application_name = 'waiting-writer'`,
+                {
+                  what: "the commit waiting for synchronous replication",
+                  accept: (rows) => rows[0]?.wait_event === "SyncRep",
+                  timeout: "15 seconds"
+                }
               )
               assert.isUndefined(commit.pollUnsafe(), "the commit must not return before the standby has the row")
               return commit
@@ -156,13 +148,11 @@ describe("PgCluster", () => {
               assert.isTrue(committed._tag === "Some", "the commit returned while the standby was frozen")
             })
           )
-          const replicated = yield* eventually(
-            "the row on the standby",
-            standby<{ n: number }>`SELECT count(*)::int AS n FROM notes`.pipe(
-              Effect.map((rows) => (rows[0]?.n === 1 ? rows : undefined)),
-              Effect.catch(() => Effect.succeed(undefined))
-            )
-          )
+          const replicated = yield* Eventually.until(standby<{ n: number }>`SELECT count(*)::int AS n FROM notes`, {
+            what: "the row on the standby",
+            accept: (rows) => rows[0]?.n === 1,
+            timeout: "15 seconds"
+          })
           assert.deepStrictEqual(replicated, [{ n: 1 }])
         })
       ),
@@ -239,11 +229,9 @@ describe("PgCluster", () => {
 
           yield* primary`INSERT INTO notes VALUES (2, 'after the rejoin')`
           const standby = yield* client(node0.url)
-          const replicated = yield* eventually(
-            "the new row on the rejoined standby",
-            standby<{ id: number; body: string }>`SELECT id, body FROM notes ORDER BY id`.pipe(
-              Effect.map((rows) => (rows.length === 2 ? rows : undefined))
-            )
+          const replicated = yield* Eventually.until(
+            standby<{ id: number; body: string }>`SELECT id, body FROM notes ORDER BY id`,
+            { what: "the new row on the rejoined standby", accept: (rows) => rows.length === 2, timeout: "15 seconds" }
           )
           assert.deepStrictEqual(replicated, [
             { id: 1, body: "before the failover" },

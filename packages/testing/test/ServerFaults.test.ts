@@ -1,6 +1,6 @@
 import { assert, describe, layer } from "@effect/vitest"
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { PgServer, ServerFaults } from "@sturdy/testing"
+import { Eventually, PgServer, ServerFaults } from "@sturdy/testing"
 import { Cause, Effect, Exit, Fiber, type Redacted } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 
@@ -97,7 +97,11 @@ describe("ServerFaults against a real server", () => {
         const server = yield* PgServer.PgServer
         const app = yield* client(server.url, "terminated")
         const query = yield* Effect.forkChild(Effect.exit(app`SELECT pg_sleep(5)`))
-        while ((yield* server.activeQueries("terminated")).length === 0) yield* Effect.sleep("10 millis")
+        yield* Eventually.until(server.activeQueries("terminated"), {
+          what: "the server to run pg_sleep",
+          accept: (queries) => queries.length > 0,
+          timeout: "5 seconds"
+        })
         assert.strictEqual(yield* server.terminateBackends("terminated"), 1)
         assert.deepStrictEqual(reported(yield* Fiber.join(query)), {
           reason: "ConnectionError",
