@@ -30,6 +30,7 @@ import {
   shouldRetry
 } from "./classify.ts"
 import { WatchedConnection } from "./connection.ts"
+import { Rejections } from "./rejections.ts"
 import { destroySocket, isStaleConnection, type Sessions, type StaleConnection, staleConnection } from "./sessions.ts"
 import { sqlOf } from "./statementText.ts"
 
@@ -64,17 +65,6 @@ export interface Options {
   readonly sessions: Sessions
   /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
   readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
-}
-
-/** Builds an error without capturing a stack: for errors a caller meets by the thousand (rejections). */
-const stackless = <A>(make: () => A): A => {
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  try {
-    return make()
-  } finally {
-    Error.stackTraceLimit = limit
-  }
 }
 
 export interface Stack {
@@ -146,41 +136,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   // --- One attempt ------------------------------------------------------------------------------------------------
 
-  /** The rejection for one `retryAfter`: the error, the `SqlError` a statement fails with, and that failure itself. */
-  interface Rejection {
-    readonly retryAfterMillis: number
-    readonly probing: boolean
-    readonly error: Breaker.CircuitOpen
-    readonly statementFailure: Effect.Effect<never, SqlError>
-  }
-  let cachedRejection: Rejection | undefined
-  const rejection = (admission: Extract<Breaker.Admission, { _tag: "Rejected" }>): Rejection => {
-    recorder.rejections++
-    const cached = cachedRejection
-    if (
-      cached !== undefined &&
-      cached.retryAfterMillis === admission.retryAfterMillis &&
-      cached.probing === admission.probing
-    ) {
-      return cached
-    }
-    const error = stackless(
-      () =>
-        new Breaker.CircuitOpen({
-          key,
-          retryAfter: Duration.millis(admission.retryAfterMillis),
-          probing: admission.probing
-        })
-    )
-    const wrapped = stackless(() => PgFailure.toSqlError(error, "execute"))
-    cachedRejection = {
-      retryAfterMillis: admission.retryAfterMillis,
-      probing: admission.probing,
-      error,
-      statementFailure: Effect.fail(wrapped)
-    }
-    return cachedRejection
-  }
+  const rejections = new Rejections(key, recorder)
 
   const startAttempt = (call: Call) => {
     recorder.attempts++
@@ -286,7 +242,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
    */
   const afterWaiting = (call: Call): Effect.Effect<never, Breaker.CircuitOpen> | undefined => {
     const rejected = local?.recheck(key, call.generation)
-    return rejected === undefined ? undefined : Effect.fail(rejection(rejected).error)
+    return rejected === undefined ? undefined : Effect.fail(rejections.of(rejected).error)
   }
 
   /** One attempt through the in-process breaker, its outcome recorded synchronously. */
@@ -296,7 +252,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     localBreaker: Breaker.Local
   ): Effect.Effect<A, unknown, R> => {
     const admission = localBreaker.admit(key)
-    if (admission._tag === "Rejected") return Effect.fail(rejection(admission).error)
+    if (admission._tag === "Rejected") return Effect.fail(rejections.of(admission).error)
     return attemptAdmitted(call, f, localBreaker, admission.generation)
   }
 
@@ -448,7 +404,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     if (failure._tag === "OutcomeUnknown") recorder.outcomeUnknown++
     if (failure._tag === "CircuitOpen") {
       // A rejection is the breaker doing its job, possibly thousands of times a second: no error line, no new error.
-      return Effect.fail(rejectionSqlError(failure, operation))
+      return Effect.fail(rejections.sqlError(failure, operation))
     }
     return Effect.andThen(
       Effect.annotateLogs(Effect.logError("A database call failed"), {
@@ -465,16 +421,6 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       }),
       Effect.fail(PgFailure.toSqlError(failure, operation))
     )
-  }
-
-  const wrappedRejections = new WeakMap<Breaker.CircuitOpen, SqlError>()
-  const rejectionSqlError = (failure: Breaker.CircuitOpen, operation: string): SqlError => {
-    let wrapped = wrappedRejections.get(failure)
-    if (wrapped === undefined) {
-      wrapped = stackless(() => PgFailure.toSqlError(failure, operation))
-      wrappedRejections.set(failure, wrapped)
-    }
-    return wrapped
   }
 
   const fail = <E>(
@@ -533,7 +479,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         recorder.failed++
         recorder.latency.record(0)
         if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, "CircuitOpen")
-        return rejection(admission).statementFailure
+        return rejections.of(admission).statementFailure
       }
       const call = new Call(performance.now())
       call.builder = f
@@ -560,7 +506,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
               )
           })
         }
-        first = Effect.fail(rejection(admission).error)
+        first = Effect.fail(rejections.of(admission).error)
       } else {
         first = attemptStore(call, f)
       }
@@ -605,7 +551,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           const afterWait = Effect.suspend((): Effect.Effect<A, SqlError | Breaker.CircuitOpen, Scope.Scope> => {
             // As for statements (`afterWaiting`): the circuit may have opened while this waited for a slot.
             const rejected = local?.recheck(key, -1)
-            return rejected === undefined ? get : Effect.fail(rejection(rejected).error)
+            return rejected === undefined ? get : Effect.fail(rejections.of(rejected).error)
           })
           const slotAndConnection = Effect.onExit(
             wait === undefined ? get : Effect.andThen(wait, afterWait),
@@ -652,7 +598,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const connectionGate = (): Breaker.CircuitOpen | undefined => {
     const rejected = local?.recheck(key, -1)
     return rejected !== undefined && !rejected.probing && rejected.retryAfterMillis > 0
-      ? rejection(rejected).error
+      ? rejections.of(rejected).error
       : undefined
   }
 
