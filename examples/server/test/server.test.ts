@@ -1,8 +1,8 @@
 import { assert, describe, layer } from "@effect/vitest"
 import type { Alerts } from "@sturdy/admin"
 import { Alerts as AlertSinks } from "@sturdy/admin"
-import { LogCapture, PgServer } from "@sturdy/testing"
-import { Clock, Context, Deferred, Effect, Fiber, Layer, Redacted } from "effect"
+import { Eventually, LogCapture, PgServer } from "@sturdy/testing"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Redacted } from "effect"
 import { HttpServer } from "effect/http"
 import { spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
@@ -26,17 +26,11 @@ const request = (base: string, path: string, init: RequestInit & { readonly bear
     return { status: response.status, headers: response.headers, text: await response.text() }
   })
 
-/** Polls until `check` holds; fails the test with `what` after the deadline. */
-const within = <E, R>(millis: number, what: string, check: Effect.Effect<boolean, E, R>) =>
-  Effect.gen(function* () {
-    const start = yield* Clock.currentTimeMillis
-    while (!(yield* check)) {
-      if ((yield* Clock.currentTimeMillis) - start > millis)
-        return assert.fail(`${what} did not happen within ${millis} ms`)
-      yield* Effect.sleep("50 millis")
-    }
-    return (yield* Clock.currentTimeMillis) - start
-  })
+/** The pause between two checks of a condition the tests wait for: every request costs the service a little. */
+const polling = { interval: "50 millis" } as const
+
+/** How long a wait lasted, in whole milliseconds, for the reports the tests print. */
+const millisOf = (duration: Duration.Duration) => Math.round(Duration.toMillis(duration))
 
 /**
  * The example service on a free port, built in the current scope; every alert it sends is kept. It creates
@@ -73,10 +67,9 @@ const startApp = (
     )
     const base = HttpServer.formatAddress(Context.get(context, HttpServer.HttpServer).address)
     if (waitReady) {
-      yield* within(
-        10_000,
-        "readiness",
-        Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+      yield* Eventually.holds(
+        Effect.map(request(base, "/health/ready"), (r) => r.status === 200),
+        { what: "readiness", timeout: "10 seconds", ...polling }
       )
     }
     return { base, alerts, applicationName }
@@ -189,10 +182,9 @@ describe("the example server over HTTP", () => {
           assert.strictEqual((yield* request(base, path, { bearer: token })).status, 404, path)
         }
         // Ready once the schema is in place (created in the background at start-up).
-        yield* within(
-          10_000,
-          "readiness",
-          Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+        yield* Eventually.holds(
+          Effect.map(request(base, "/health/ready"), (r) => r.status === 200),
+          { what: "readiness", timeout: "10 seconds", ...polling }
         )
       }).pipe(Effect.scoped)
     )
@@ -251,10 +243,9 @@ describe("the example server over HTTP", () => {
         assert.strictEqual((yield* request(base, "/health/ready")).status, 200)
         yield* server.stop
         yield* Effect.gen(function* () {
-          const wait = yield* within(
-            5000,
-            "readiness 503",
-            Effect.map(request(base, "/health/ready"), (r) => r.status === 503)
+          yield* Eventually.holds(
+            Effect.map(request(base, "/health/ready"), (r) => r.status === 503),
+            { what: "readiness 503", timeout: "5 seconds", ...polling }
           )
           const notReady = yield* request(base, "/health/ready")
           assert.deepStrictEqual(JSON.parse(notReady.text), { status: "not ready" })
@@ -262,12 +253,10 @@ describe("the example server over HTTP", () => {
           assert.strictEqual(failed.status, 503, failed.text)
           assert.isNotNull(failed.headers.get("retry-after"))
           assert.strictEqual(JSON.parse(failed.text).error, "database unavailable")
-          assert.isBelow(wait, 5000)
         }).pipe(Effect.ensuring(Effect.orDie(server.start)))
-        yield* within(
-          10_000,
-          "readiness 200 after the restart",
-          Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+        yield* Eventually.holds(
+          Effect.map(request(base, "/health/ready"), (r) => r.status === 200),
+          { what: "readiness 200 after the restart", timeout: "10 seconds", ...polling }
         )
         assert.strictEqual((yield* request(base, "/notes")).status, 200)
       }).pipe(Effect.scoped)
@@ -294,27 +283,40 @@ describe("the example server over HTTP", () => {
 
           // A stop with no request in flight: the health probe's own session ends with the server.
           yield* server.stop
-          const notReadyAfter = yield* within(1000, "readiness 503 after the stop", ready(503))
+          const [notReadyAfter] = yield* Effect.timed(
+            Eventually.holds(ready(503), { what: "readiness 503 after the stop", timeout: "1 second", ...polling })
+          )
           yield* server.start
-          const readyAfter = yield* within(1000, "readiness 200 after the start", ready(200))
+          const [readyAfter] = yield* Effect.timed(
+            Eventually.holds(ready(200), { what: "readiness 200 after the start", timeout: "1 second", ...polling })
+          )
 
           // Again, with traffic during the outage so the breaker opens; then none.
           yield* server.stop
-          yield* within(1000, "readiness 503 after the second stop", ready(503))
+          yield* Eventually.holds(ready(503), {
+            what: "readiness 503 after the second stop",
+            timeout: "1 second",
+            ...polling
+          })
           const requests = yield* Effect.forkChild(
             Effect.forEach(Array.from({ length: 6 }), () => request(base, "/notes"), { concurrency: "unbounded" })
           )
-          yield* within(
-            5000,
-            "the breaker opening",
-            Effect.map(breakerState, (state) => state === "open")
+          yield* Eventually.holds(
+            Effect.map(breakerState, (state) => state === "open"),
+            { what: "the breaker opening", timeout: "5 seconds", ...polling }
           )
           yield* server.start
-          const readyAfterOpen = yield* within(1000, "readiness 200 after the breaker opened", ready(200))
+          const [readyAfterOpen] = yield* Effect.timed(
+            Eventually.holds(ready(200), {
+              what: "readiness 200 after the breaker opened",
+              timeout: "1 second",
+              ...polling
+            })
+          )
           assert.strictEqual(yield* breakerState, "closed")
           yield* Fiber.join(requests)
           process.stdout.write(
-            `readiness with defaults: 503 ${notReadyAfter} ms after the stop, 200 ${readyAfter} ms after the start, ${readyAfterOpen} ms after a start with the breaker open\n`
+            `readiness with defaults: 503 ${millisOf(notReadyAfter)} ms after the stop, 200 ${millisOf(readyAfter)} ms after the start, ${millisOf(readyAfterOpen)} ms after a start with the breaker open\n`
           )
         }).pipe(Effect.scoped),
       30_000
@@ -342,10 +344,9 @@ describe("the example server over HTTP", () => {
             return app
           }).pipe(Effect.ensuring(Effect.orDie(server.start)))
           // Back up: the background migration lands (its retries are 1 s doubling), readiness follows.
-          yield* within(
-            20_000,
-            "readiness after the database came up",
-            Effect.map(request(base, "/health/ready"), (r) => r.status === 200)
+          yield* Eventually.holds(
+            Effect.map(request(base, "/health/ready"), (r) => r.status === 200),
+            { what: "readiness after the database came up", timeout: "20 seconds", ...polling }
           )
           const created = yield* request(base, "/notes", {
             method: "POST",
@@ -394,23 +395,21 @@ describe("the example server over HTTP", () => {
         yield* Effect.gen(function* () {
           // Enough failing calls for the breaker to open, then every route again while it is open.
           for (let i = 0; i < 4; i++) yield* request(base, "/notes")
-          yield* within(
-            5000,
-            "the breaker-opened and unhealthy alerts",
+          yield* Eventually.holds(
             Effect.sync(
               () =>
                 alerts.some((a) => a.kind === "breaker-opened") && alerts.some((a) => a.kind === "database-unhealthy")
-            )
+            ),
+            { what: "the breaker-opened and unhealthy alerts", timeout: "5 seconds", ...polling }
           )
           yield* everyRoute
         }).pipe(Effect.ensuring(Effect.orDie(server.start)))
-        yield* within(
-          10_000,
-          "the breaker-closed alert",
+        yield* Eventually.holds(
           Effect.gen(function* () {
             yield* request(base, "/notes")
             return alerts.some((a) => a.kind === "breaker-closed")
-          })
+          }),
+          { what: "the breaker-closed alert", timeout: "10 seconds", ...polling }
         )
         yield* everyRoute
         const everything = [...seen, ...alerts.map((alert) => JSON.stringify(alert)), yield* logs.text].join("\n")
@@ -441,12 +440,17 @@ describe("the example server over HTTP", () => {
             if (child.exitCode !== null) return resume(Effect.succeed(child.exitCode))
             child.once("exit", (code) => resume(Effect.succeed(code)))
           })
-          yield* within(
-            20_000,
-            "the server's start-up banner",
-            Effect.sync(() => /Notes API: (\S+)\/notes/.test(output))
+          yield* Eventually.holds(
+            Effect.sync(() => /Notes API: (\S+)\/notes/.test(output)),
+            { what: "the server's start-up banner", timeout: "20 seconds", ...polling }
           )
           const base = /Notes API: (\S+)\/notes/.exec(output)![1]!
+          // The service creates its schema in the background: before it is in place the lock below would hold that
+          // CREATE TABLE instead, and GET /notes would answer 503 at once instead of waiting on the lock.
+          yield* Eventually.holds(
+            Effect.map(request(base, "/health/ready"), (r) => r.status === 200),
+            { what: "readiness (the schema in place)", timeout: "20 seconds", ...polling }
+          )
 
           // Hold a lock on notes so a GET /notes is in flight when SIGTERM arrives.
           const release = yield* Deferred.make<void>()
@@ -462,12 +466,11 @@ describe("the example server over HTTP", () => {
           )
           yield* Deferred.await(locked)
           const inFlight = yield* Effect.forkChild(request(base, "/notes"))
-          yield* within(
-            5000,
-            "the request waiting on the lock",
+          yield* Eventually.holds(
             Effect.map(server.activeQueries("sturdy-example-server"), (queries) =>
               queries.some((query) => query.includes("FROM notes"))
-            )
+            ),
+            { what: "the request waiting on the lock", timeout: "5 seconds", ...polling }
           )
           child.kill("SIGTERM")
           // A new TCP connection each time, not fetch: fetch reuses kept-alive sockets, and Node keeps serving
@@ -477,9 +480,7 @@ describe("the example server over HTTP", () => {
           // The bound stays under the 10 s graceful-shutdown timeout, so the next assertion still means
           // the process waited for the in-flight request.
           const { port } = new URL(base)
-          yield* within(
-            8000,
-            "new connections refused",
+          yield* Eventually.holds(
             Effect.callback<boolean>((resume) => {
               const socket = connect(Number(port), "127.0.0.1")
               socket.once("connect", () => {
@@ -489,8 +490,13 @@ describe("the example server over HTTP", () => {
               socket.once("error", (error: NodeJS.ErrnoException) =>
                 resume(Effect.succeed(error.code === "ECONNREFUSED"))
               )
-            })
-          ).pipe(Effect.catchDefect((error) => Effect.die(new Error(`${error}\nchild output:\n${output}`))))
+            }),
+            { what: "new connections refused", timeout: "8 seconds", ...polling }
+          ).pipe(
+            Effect.catchTag("EventuallyTimeout", (timeout) =>
+              Effect.die(new Error(`${timeout.message}\nchild output:\n${output}`))
+            )
+          )
           assert.strictEqual(child.exitCode, null, "the process must wait for the in-flight request")
           yield* Deferred.succeed(release, undefined)
           yield* Fiber.join(holder)

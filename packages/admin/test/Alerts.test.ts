@@ -1,7 +1,7 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Alerts } from "@sturdy/admin"
 import { ResilientPg } from "@sturdy/pg"
-import { LogCapture, PgServer } from "@sturdy/testing"
+import { Eventually, LogCapture, PgServer } from "@sturdy/testing"
 import { Clock, Effect, Layer, Redacted, Stream } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { SqlClient } from "effect/sql"
@@ -183,11 +183,13 @@ describe("Alerts through a webhook, against a real server", () => {
           assert.isAtLeast(latencies.length, 20)
 
           // After the restart the breaker closes: the merged openings arrive first, then the closing.
-          const deadline = Date.now() + 15_000
-          while (!hook.received.some((r) => r.alert.kind === "breaker-closed") && Date.now() < deadline) {
-            yield* Effect.exit(sql`SELECT 1`)
-            yield* Effect.sleep("50 millis")
-          }
+          yield* Eventually.holds(
+            Effect.andThen(
+              Effect.exit(sql`SELECT 1`),
+              Effect.sync(() => hook.received.some((r) => r.alert.kind === "breaker-closed"))
+            ),
+            { what: "the breaker-closed alert", timeout: "15 seconds", interval: "50 millis" }
+          )
           const kinds = hook.received.map((r) => r.alert.kind).filter((k) => k.startsWith("breaker"))
           assert.strictEqual(kinds[kinds.length - 1], "breaker-closed", JSON.stringify(kinds))
           const reported = hook.received

@@ -1,7 +1,7 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { type PgFailure, ResilientPg } from "@sturdy/pg"
 import type { Breaker } from "@sturdy/resilience"
-import { LogCapture, PgServer } from "@sturdy/testing"
+import { Eventually, LogCapture, PgServer } from "@sturdy/testing"
 import { Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { TestClock } from "effect/testing"
@@ -172,7 +172,12 @@ describe("the breaker inside ResilientPg, against a real server", () => {
                 concurrency: "unbounded"
               })
             )
-            while ((yield* server.activeQueries(applicationName)).length < 3) yield* Effect.sleep("10 millis")
+            yield* Eventually.until(server.activeQueries(applicationName), {
+              what: "the three statements running on the server",
+              accept: (queries) => queries.length >= 3,
+              timeout: "5 seconds",
+              interval: "10 millis"
+            })
             yield* server.terminateBackends(applicationName)
             yield* Fiber.join(calls)
           }
