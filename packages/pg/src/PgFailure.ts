@@ -5,7 +5,8 @@
  *
  * **Details**
  *
- * The reasons are the network ones of `@sturdy/resilience/Transient` plus:
+ * The reasons are the network ones of `@sturdy/resilience/Transient`, the
+ * driver's own where `effect/sql` already names the failure, plus:
  *
  * | reason | trigger |
  * |---|---|
@@ -18,13 +19,12 @@
  * | `TooManyConnections` | SQLSTATE 53300 |
  * | `ReadOnlyTransaction` | SQLSTATE 25006 (a standby after a failover) |
  * | `ConnectionsNotAllowed` | SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance) |
- * | `StatementTimeout` | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
+ * | `StatementTimeoutError` (the driver's own reason) | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
  * | `ConnectionClosed` | the connection closed with no SQLSTATE (also PgBouncer's relay of a backend killed mid-statement, which the driver reports as "Unexpected ErrorResponse after ErrorResponse") |
  * | `NoMatchingHost` | several hosts, none of the kind `target_session_attrs` wants (during a failover, before the promotion) |
  * | `PreparedStatementUnavailable` | SQLSTATE 26000 or 42P05 on a prepared statement: a pooler in transaction mode moved the session to another server connection. Nothing ran; the client stops preparing statements |
  * | `PoolerUnavailable` | a pooler answered for a server it cannot reach, or gave up waiting for one: PgBouncer's 08P01 `server login has been failing`, `pgbouncer cannot connect to server`, `server conn crashed?`, `query_wait_timeout`, `client_login_timeout`, its shutdown messages |
- * | `SerializationFailure` | SQLSTATE 40001, for whole transactions only |
- * | `Deadlock` | SQLSTATE 40P01, for whole transactions only |
+ * | `SerializationError`, `DeadlockError` (the driver's own reasons) | SQLSTATE 40001, 40P01, for whole transactions only |
  *
  * PgBouncer sends every error with SQLSTATE 08P01, the server's refusals it
  * relays included (their text kept): for 08P01 the message decides. A server
@@ -61,8 +61,11 @@ import { type Breaker, Transient } from "@sturdy/resilience"
 import { Cause, Duration, Option, Predicate, Schema } from "effect"
 import {
   ConnectionError as ConnectionErrorReason,
+  DeadlockError,
   isSqlError,
+  SerializationError,
   SqlError,
+  StatementTimeoutError,
   UnknownError as UnknownErrorReason
 } from "effect/sql/SqlError"
 
@@ -111,10 +114,6 @@ export class ConnectionsNotAllowed extends Schema.TaggedError<ConnectionsNotAllo
   readonly isRetryable = true
 }
 /** @since 0.1.0 @category reasons */
-export class StatementTimeout extends Schema.TaggedError<StatementTimeout>()("StatementTimeout", fields) {
-  readonly isRetryable = true
-}
-/** @since 0.1.0 @category reasons */
 export class ConnectionClosed extends Schema.TaggedError<ConnectionClosed>()("ConnectionClosed", fields) {
   readonly isRetryable = true
 }
@@ -131,14 +130,6 @@ export class PreparedStatementUnavailable extends Schema.TaggedError<PreparedSta
   "PreparedStatementUnavailable",
   fields
 ) {
-  readonly isRetryable = true
-}
-/** @since 0.1.0 @category reasons */
-export class SerializationFailure extends Schema.TaggedError<SerializationFailure>()("SerializationFailure", fields) {
-  readonly isRetryable = true
-}
-/** @since 0.1.0 @category reasons */
-export class Deadlock extends Schema.TaggedError<Deadlock>()("Deadlock", fields) {
   readonly isRetryable = true
 }
 
@@ -166,13 +157,13 @@ export const TransientReason = Schema.Union([
   TooManyConnections,
   ReadOnlyTransaction,
   ConnectionsNotAllowed,
-  StatementTimeout,
+  StatementTimeoutError,
   ConnectionClosed,
   PoolerUnavailable,
   NoMatchingHost,
   PreparedStatementUnavailable,
-  SerializationFailure,
-  Deadlock
+  SerializationError,
+  DeadlockError
 ])
 
 /**
@@ -188,14 +179,23 @@ export type TransientReason = typeof TransientReason.Type
  * @category classification
  */
 export const outcome = (reason: TransientReason): "not-applied" | "unknown" =>
-  reason.phase === "connect" ||
+  phaseOf(reason) === "connect" ||
   reason._tag === "ReadOnlyTransaction" ||
-  reason._tag === "StatementTimeout" ||
+  reason._tag === "StatementTimeoutError" ||
   reason._tag === "PreparedStatementUnavailable" ||
-  reason._tag === "SerializationFailure" ||
-  reason._tag === "Deadlock"
+  reason._tag === "SerializationError" ||
+  reason._tag === "DeadlockError"
     ? "not-applied"
     : "unknown"
+
+/**
+ * The phase a reason happened in. The driver's own reasons (57014, 40001,
+ * 40P01) are the server's answer to a statement it received: `"sent"`.
+ *
+ * @since 0.1.0
+ * @category classification
+ */
+export const phaseOf = (reason: TransientReason): Transient.Phase => ("phase" in reason ? reason.phase : "sent")
 
 /**
  * A transient failure: the last one, once the retries ran out.
@@ -242,16 +242,24 @@ const sqlStateReasons: Record<string, (props: Transient.ReasonProps) => Transien
   "57P02": (props) => new CrashShutdown(props),
   "53300": (props) => new TooManyConnections(props),
   "25006": (props) => new ReadOnlyTransaction(props),
-  "57014": (props) => new StatementTimeout(props),
   "26000": (props) => new PreparedStatementUnavailable(props),
   // The router's own: every host answered or failed, none is of the kind target_session_attrs wants (yet).
   STURDY_NO_MATCHING_HOST: (props) => new NoMatchingHost({ ...props, phase: "connect" }),
   "42P05": (props) => new PreparedStatementUnavailable(props)
 }
 
-const transactionReasons: Record<string, (props: Transient.ReasonProps) => TransientReason> = {
-  "40001": (props) => new SerializationFailure(props),
-  "40P01": (props) => new Deadlock(props)
+/** The driver's own reason for a SQLSTATE it names, kept as the driver made it. */
+const driverReason = (error: SqlError, code: string, message: string): TransientReason => {
+  const reason = error.reason
+  const fields = { cause: reason.cause, message, operation: reason.operation }
+  switch (code) {
+    case "57014":
+      return reason._tag === "StatementTimeoutError" ? reason : new StatementTimeoutError(fields)
+    case "40001":
+      return reason._tag === "SerializationError" ? reason : new SerializationError(fields)
+    default:
+      return reason._tag === "DeadlockError" ? reason : new DeadlockError(fields)
+  }
 }
 
 /**
@@ -397,9 +405,9 @@ export const classify = (
     if (code.startsWith("08")) return new ConnectionException(props)
     // 55000 has many meanings; while connecting it can only be a database refusing connections for now.
     if (code === "55000" && phase === "connect") return new ConnectionsNotAllowed(props)
-    const byTransaction =
-      scope === "transaction" && Object.hasOwn(transactionReasons, code) ? transactionReasons[code] : undefined
-    if (byTransaction !== undefined) return byTransaction(props)
+    if (code === "57014" || (scope === "transaction" && (code === "40001" || code === "40P01"))) {
+      return driverReason(error, code, props.message)
+    }
     return undefined
   }
   if (reason._tag !== "ConnectionError" || reason.message === undefined) return undefined
@@ -483,9 +491,9 @@ export const preparedStatementUnavailable = (error: SqlError): SqlError =>
  * @category classification
  */
 export const countsAgainstBreaker = (reason: TransientReason): boolean =>
-  reason.phase === "connect" ||
+  phaseOf(reason) === "connect" ||
   reason._tag === "AttemptTimeout" ||
-  reason._tag === "StatementTimeout" ||
+  reason._tag === "StatementTimeoutError" ||
   reason._tag === "NetworkTimeout" ||
   reason._tag === "CrashShutdown"
 

@@ -34,7 +34,7 @@ const race = (url: Redacted.Redacted<string>, options: Partial<ResilientPg.Optio
         const error = Cause.findErrorOption(next.cause)
         const reason =
           error._tag === "Some" ? (error.value as { readonly reason?: { readonly _tag?: string } }).reason : undefined
-        if (reason?._tag === "StatementTimeout" && elapsed < 60) {
+        if (reason?._tag === "StatementTimeoutError" && elapsed < 60) {
           innocentsCancelled++
           if (failures.length < 3) failures.push(`after ${elapsed} ms: ${String(next.cause)}`)
         } else {

@@ -108,7 +108,7 @@ describe("behind a real PgBouncer with its default configuration, with Sturdy's 
     )
 
     it.effect.each(poolModes)(
-      "%s pooling: pg_sleep(3) inside a transaction with a 1 s attempt timeout ends in 1 s +-20 %, StatementTimeout",
+      "%s pooling: pg_sleep(3) inside a transaction with a 1 s attempt timeout ends in 1 s +-20 %, 57014 (StatementTimeoutError)",
       (poolMode) =>
         Effect.gen(function* () {
           const server = yield* PgServer.PgServer

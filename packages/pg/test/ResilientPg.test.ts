@@ -28,7 +28,7 @@ describe("ResilientPg against a real server", () => {
           const error = failureOf(outcome.exit)
           assert.strictEqual((error as PgFailure.TransientError)._tag, "TransientError")
           assert.strictEqual((error as PgFailure.TransientError).reason._tag, "ConnectionRefused")
-          assert.strictEqual((error as PgFailure.TransientError).reason.phase, "connect")
+          assert.strictEqual(PgFailure.phaseOf((error as PgFailure.TransientError).reason), "connect")
           assert.strictEqual(outcome.stats.attempts, attempts)
           assert.strictEqual(outcome.stats.retries, attempts - 1)
         }
@@ -152,7 +152,7 @@ describe("ResilientPg against a real server", () => {
           }).pipe(Effect.provide(layer))
           const error = failureOf(exit) as PgFailure.OutcomeUnknown
           assert.strictEqual(error._tag, "OutcomeUnknown")
-          assert.strictEqual(error.reason.phase, "sent")
+          assert.strictEqual(PgFailure.phaseOf(error.reason), "sent")
           const rows = yield* server.admin.unsafe<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)
           assert.isAtMost(rows[0]!.n, 1)
         })
@@ -230,8 +230,8 @@ describe("ResilientPg against a real server", () => {
           const error = failureOf(exit) as PgFailure.TransientError
           assert.strictEqual(error._tag, "TransientError")
           // Both deadlines are 200 ms: the client's (AttemptTimeout) or the server's statement_timeout (57014) wins.
-          assert.include(["AttemptTimeout", "StatementTimeout"], error.reason._tag)
-          assert.strictEqual(error.reason.phase, "sent")
+          assert.include(["AttemptTimeout", "StatementTimeoutError"], error.reason._tag)
+          assert.strictEqual(PgFailure.phaseOf(error.reason), "sent")
           assert.isBelow(elapsed, 10_000)
           yield* Eventually.until(server.activeQueries(applicationName), {
             what: "the server to stop running the statement",
@@ -277,7 +277,7 @@ describe("ResilientPg against a real server", () => {
           // The server answered the cancel with 57014, so the statement was not applied: StatementTimeout,
           // retryable whatever the statement (an AttemptTimeout in the sent phase would be an unknown outcome).
           assert.strictEqual(error._tag, "TransientError")
-          assert.strictEqual(error.reason._tag, "StatementTimeout")
+          assert.strictEqual(error.reason._tag, "StatementTimeoutError")
           assert.deepStrictEqual(outcome.after, [{ one: 1 }])
           assert.deepStrictEqual(yield* server.activeQueries(applicationName), [])
         })
@@ -320,7 +320,7 @@ describe("ResilientPg against a real server", () => {
           )
           const error = failureOf(outcome.exit) as PgFailure.TransientError
           assert.strictEqual(error._tag, "TransientError")
-          assert.deepStrictEqual([error.reason._tag, error.reason.phase], ["AttemptTimeout", "sent"])
+          assert.deepStrictEqual([error.reason._tag, PgFailure.phaseOf(error.reason)], ["AttemptTimeout", "sent"])
           // 500 ms deadline + 125 ms grace + one watchdog tick (25 ms) each, with room for a slow machine.
           assert.isAtLeast(outcome.elapsed, 500)
           assert.isBelow(outcome.elapsed, 2000)
@@ -353,7 +353,7 @@ describe("ResilientPg against a real server", () => {
           }).pipe(Effect.provide(layer))
           const error = failureOf(exit) as PgFailure.TransientError
           assert.strictEqual(error.reason._tag, "AttemptTimeout")
-          assert.strictEqual(error.reason.phase, "connect")
+          assert.strictEqual(PgFailure.phaseOf(error.reason), "connect")
         })
     )
 

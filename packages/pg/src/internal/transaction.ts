@@ -94,7 +94,7 @@ export const withTransaction = <A, E, R>(
       if (reason === undefined) return failure
       // In a READ ONLY transaction, 25006 is the caller's write, not a failover: running it again cannot help.
       if (access === "read only" && reason._tag === "ReadOnlyTransaction") return failure
-      const conflict = reason._tag === "SerializationFailure" || reason._tag === "Deadlock"
+      const conflict = reason._tag === "SerializationError" || reason._tag === "DeadlockError"
       // Before COMMIT was sent nothing can have committed; after it, the server either refused the COMMIT
       // (an answer: not applied) or was asked and said aborted.
       const safe = attempt.state !== "sent" || PgFailure.outcome(reason) === "not-applied"
