@@ -13,7 +13,7 @@
 // - a rejection by the open breaker reuses the error built for the same
 //   `retryAfter`, instead of building three error objects with stacks.
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
-import { Breaker, type DatabaseMetrics, type Profile, Retry, Transient } from "@sturdy/resilience"
+import { Breaker, type DatabaseMetrics, type Profile, Retry } from "@sturdy/resilience"
 import { Cause, Clock, Duration, Effect, Exit, type Fiber, Schedule, type Scope, Stream } from "effect"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
@@ -32,6 +32,7 @@ import {
 import { WatchedConnection } from "./connection.ts"
 import { Rejections } from "./rejections.ts"
 import { destroySocket, isStaleConnection, type Sessions, type StaleConnection, staleConnection } from "./sessions.ts"
+import { Slots } from "./slots.ts"
 import { sqlOf } from "./statementText.ts"
 
 export { Call, InFlight } from "./call.ts"
@@ -88,8 +89,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const runFork = Effect.runForkWith(context)
   const timeoutMillis = Duration.toMillis(profile.attemptTimeout)
   const graceMillis = Math.min(2000, Math.max(50, timeoutMillis / 4))
-  let inUse = 0
-  let waiting = 0
+  const slots = new Slots(options.maxConnections * options.statementsPerConnection)
 
   // --- The watchdog: one fiber per client enforces every attempt's deadline --------------------------------------
 
@@ -147,68 +147,25 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     call.connection = undefined
   }
 
-  // --- Slots: at most one statement per pooled connection goes to the pool; the rest park here ------------------
-  // The pool has no wait limit of its own, and a fiber waiting inside it cannot be woken. Parked calls can: the
-  // watchdog fails them at their deadline, so an exhausted pool is a typed timeout, without a timer per call.
-
-  const capacity = options.maxConnections * options.statementsPerConnection
-  let active = 0
-  const parked: Array<Call> = []
-  let parkedHead = 0
-  const releaseSlot = (call: Call) => {
-    if (!call.slot) return
-    call.slot = false
-    active--
-    while (parkedHead < parked.length) {
-      const next = parked[parkedHead]!
-      parked[parkedHead++] = undefined as unknown as Call
-      if (!next.parked) continue
-      next.parked = false
-      next.slot = true
-      active++
-      next.resume?.(Effect.void)
-      break
-    }
-    if (parkedHead > 1024 && parkedHead * 2 > parked.length) {
-      parked.splice(0, parkedHead)
-      parkedHead = 0
-    }
-  }
-  const takeSlot = (call: Call): Effect.Effect<void, Transient.AttemptTimeout> | undefined => {
-    if (active < capacity) {
-      active++
-      call.slot = true
-      return undefined
-    }
-    call.parked = true
-    parked.push(call)
-    return Effect.callback<void, Transient.AttemptTimeout>((resume) => {
-      call.resume = resume
-      return Effect.sync(() => {
-        call.parked = false
-      })
-    })
-  }
-
   const settle = (call: Call) => {
     inFlight.remove(call)
     cancelled.remove(call)
-    if (call.sent) inUse--
-    else waiting--
+    if (call.sent) slots.inUse--
+    else slots.waiting--
     call.connection = undefined
     call.resume = undefined
-    releaseSlot(call)
+    slots.release(call)
   }
 
   /** Acquire + execute, bounded by the attempt deadline that the watchdog enforces. */
   const run = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>) => {
-    waiting++
+    slots.waiting++
     call.deadline = clock.currentTimeMillisUnsafe() + timeoutMillis
     inFlight.add(call)
     const sessions = options.sessions
     const lend = (connection: PgConnection.PgConnection) => {
-      waiting--
-      inUse++
+      slots.waiting--
+      slots.inUse++
       call.sent = true
       call.connection = connection
       return f(new WatchedConnection(connection, call, sessions))
@@ -227,7 +184,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
             isStaleConnection,
             () => Effect.suspend(() => use)
           ) as Effect.Effect<A, E | SqlError, R>)
-    const wait = takeSlot(call)
+    const wait = slots.take(call)
     if (wait === undefined) return use
     return Effect.andThen(
       wait,
@@ -374,7 +331,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           "sturdy.reason": isCircuitOpen(meta.input)
             ? "CircuitOpen"
             : (meta.input as PgFailure.TransientError).reason._tag,
-          "sturdy.phase": isCircuitOpen(meta.input) ? "connect" : (meta.input as PgFailure.TransientError).reason.phase,
+          "sturdy.phase": isCircuitOpen(meta.input) ? "connect" : PgFailure.phaseOf((meta.input as PgFailure.TransientError).reason),
           "sturdy.attempt": meta.attempt + 1,
           "sturdy.attempts": profile.retriesAfterFirst + 1,
           "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
@@ -543,11 +500,11 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         key,
         Effect.suspend(() => {
           startAttempt(call)
-          waiting++
+          slots.waiting++
           // The slot and the connection stay with the caller's scope; a failed or interrupted attempt gives the
           // slot back at once, so retries in the same scope do not pile slots up. The wait itself stays
           // interruptible, so the timeout below can end it.
-          const wait = takeSlot(call)
+          const wait = slots.take(call)
           const afterWait = Effect.suspend((): Effect.Effect<A, SqlError | Breaker.CircuitOpen, Scope.Scope> => {
             // As for statements (`afterWaiting`): the circuit may have opened while this waited for a slot.
             const rejected = local?.recheck(key, -1)
@@ -556,14 +513,14 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           const slotAndConnection = Effect.onExit(
             wait === undefined ? get : Effect.andThen(wait, afterWait),
             (exit) => {
-              waiting--
+              slots.waiting--
               call.parked = false
-              if (Exit.isFailure(exit)) return Effect.sync(() => releaseSlot(call))
-              inUse++
+              if (Exit.isFailure(exit)) return Effect.sync(() => slots.release(call))
+              slots.inUse++
               return Effect.addFinalizer(() =>
                 Effect.sync(() => {
-                  inUse--
-                  releaseSlot(call)
+                  slots.inUse--
+                  slots.release(call)
                 })
               )
             }
@@ -602,5 +559,5 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       : undefined
   }
 
-  return { borrower, acquire, connectionGate, inUse: () => inUse, waiting: () => waiting }
+  return { borrower, acquire, connectionGate, inUse: () => slots.inUse, waiting: () => slots.waiting }
 })

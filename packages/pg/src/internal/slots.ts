@@ -1,0 +1,70 @@
+/**
+ * Slots: at most one statement per pooled connection (times the statements a
+ * connection may multiplex) goes to the pool; the rest park here. The pool has
+ * no wait limit of its own, and a fiber waiting inside it cannot be woken.
+ * Parked calls can: the watchdog fails them at their deadline, so an exhausted
+ * pool is a typed timeout, without a timer per call.
+ *
+ * @internal
+ */
+import type { Transient } from "@sturdy/resilience"
+import { Effect } from "effect"
+import type { Call } from "./call.ts"
+
+/** The stack's slots, the calls parked for one in arrival order, and who holds or waits for a connection. */
+export class Slots {
+  readonly capacity: number
+  /** Slots held. */
+  active = 0
+  /** Attempts waiting for a connection: parked here, or inside the pool. */
+  waiting = 0
+  /** Attempts holding a connection. */
+  inUse = 0
+  /** Parked calls from `head` on; a call that stopped waiting stays until its turn comes, and is skipped then. */
+  private readonly parked: Array<Call> = []
+  private head = 0
+  constructor(capacity: number) {
+    this.capacity = capacity
+  }
+  /**
+   * Takes a slot for `call`: `undefined` when one was free, else the wait,
+   * which ends when `release` hands it one (or fails when the watchdog wakes
+   * it at its deadline).
+   */
+  take(call: Call): Effect.Effect<void, Transient.AttemptTimeout> | undefined {
+    if (this.active < this.capacity) {
+      this.active++
+      call.slot = true
+      return undefined
+    }
+    call.parked = true
+    this.parked.push(call)
+    return Effect.callback<void, Transient.AttemptTimeout>((resume) => {
+      call.resume = resume
+      return Effect.sync(() => {
+        call.parked = false
+      })
+    })
+  }
+  /** Gives back `call`'s slot, if it holds one, to the first call still parked. */
+  release(call: Call): void {
+    if (!call.slot) return
+    call.slot = false
+    this.active--
+    const parked = this.parked
+    while (this.head < parked.length) {
+      const next = parked[this.head]!
+      parked[this.head++] = undefined as unknown as Call
+      if (!next.parked) continue
+      next.parked = false
+      next.slot = true
+      this.active++
+      next.resume?.(Effect.void)
+      break
+    }
+    if (this.head > 1024 && this.head * 2 > parked.length) {
+      parked.splice(0, this.head)
+      this.head = 0
+    }
+  }
+}

@@ -1,0 +1,108 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { Call } from "../../src/internal/call.ts"
+import { Slots } from "../../src/internal/slots.ts"
+
+// `Effect.runFork` starts a fiber at once, and a parked call's `resume` continues it at once: the order in which
+// calls get a slot is observable synchronously, without sleeping.
+
+/** Takes a slot for `call`: `"now"` when one was free; else the parked fiber, which notes its name when woken. */
+const take = (slots: Slots, call: Call, woken: Array<number>) => {
+  const wait = slots.take(call)
+  if (wait === undefined) return "now" as const
+  return Effect.runFork(
+    Effect.andThen(
+      wait,
+      Effect.sync(() => woken.push(call.started))
+    )
+  )
+}
+
+describe("Slots", () => {
+  it("hands free slots out at once, then parks calls and gives each freed slot to the first still parked", () => {
+    const slots = new Slots(2)
+    const woken: Array<number> = []
+    const [a, b, c, d, e] = [1, 2, 3, 4, 5].map((n) => new Call(n)) as [Call, Call, Call, Call, Call]
+    const taken = [a, b, c, d, e].map((call) => (take(slots, call, woken) === "now" ? "now" : "parked"))
+    assert.deepStrictEqual(taken, ["now", "now", "parked", "parked", "parked"])
+    assert.deepStrictEqual([slots.active, c.parked, c.slot], [2, true, false])
+
+    const steps: Array<[Array<number>, number]> = []
+    for (const call of [a, b, c, d, e]) {
+      slots.release(call)
+      steps.push([[...woken], slots.active])
+    }
+    assert.deepStrictEqual(steps, [
+      [[3], 2],
+      [[3, 4], 2],
+      [[3, 4, 5], 2],
+      [[3, 4, 5], 1],
+      [[3, 4, 5], 0]
+    ])
+    assert.deepStrictEqual(
+      [a, b, c, d, e].map((call) => [call.slot, call.parked]),
+      [
+        [false, false],
+        [false, false],
+        [false, false],
+        [false, false],
+        [false, false]
+      ]
+    )
+  })
+
+  it("skips a call that stopped waiting: interrupted, or woken by its deadline", () => {
+    const slots = new Slots(1)
+    const woken: Array<number> = []
+    const [holder, interrupted, timedOut, next] = [1, 2, 3, 4].map((n) => new Call(n)) as [Call, Call, Call, Call]
+    take(slots, holder, woken)
+    const fibers = [interrupted, timedOut, next].map((call) => take(slots, call, woken))
+    Effect.runSync(Fiber.interrupt(fibers[0] as Fiber.Fiber<unknown>))
+    // What the watchdog does at a parked call's deadline.
+    timedOut.parked = false
+    assert.deepStrictEqual([interrupted.parked, timedOut.parked, next.parked], [false, false, true])
+
+    slots.release(holder)
+    assert.deepStrictEqual(woken, [4])
+    assert.deepStrictEqual([interrupted.slot, timedOut.slot, next.slot, slots.active], [false, false, true, 1])
+  })
+
+  it("a call without a slot gives nothing back, and a slot is given back once", () => {
+    const slots = new Slots(1)
+    const woken: Array<number> = []
+    const [holder, parked, stranger] = [1, 2, 3].map((n) => new Call(n)) as [Call, Call, Call]
+    take(slots, holder, woken)
+    take(slots, parked, woken)
+    slots.release(stranger)
+    assert.deepStrictEqual([woken, slots.active], [[], 1])
+    slots.release(holder)
+    slots.release(holder)
+    assert.deepStrictEqual([woken, slots.active, parked.slot], [[2], 1, true])
+  })
+
+  it("keeps arrival order across the queue's compaction, with calls parking while others are woken", () => {
+    const slots = new Slots(1)
+    const woken: Array<number> = []
+    const holder = new Call(-1)
+    take(slots, holder, woken)
+    const calls: Array<Call> = []
+    const park = (from: number, to: number) => {
+      for (let n = from; n < to; n++) {
+        const call = new Call(n)
+        calls.push(call)
+        take(slots, call, woken)
+      }
+    }
+    park(0, 3000)
+    // Each woken call gives its slot on to the next one; the queue compacts once 1,500 have left it.
+    slots.release(holder)
+    for (let i = 0; i < 1999; i++) slots.release(calls[i]!)
+    park(3000, 4000)
+    for (let i = 1999; i < 4000; i++) slots.release(calls[i]!)
+    assert.deepStrictEqual(
+      woken,
+      Array.from({ length: 4000 }, (_, n) => n)
+    )
+    assert.strictEqual(slots.active, 0)
+  })
+})
