@@ -3,13 +3,7 @@
  * Prometheus metrics, a JSON snapshot of the database client, and a live
  * dashboard.
  *
- * | route | auth | answers |
- * |---|---|---|
- * | `GET /health/live` | none | `200 {"status":"live"}` while the process serves requests |
- * | `GET /health/ready` | none | `200 {"status":"ready"}`, or `503 {"status":"not ready"}` while the last health check failed, the breaker is open, or `options.readiness` says false |
- * | `GET /metrics` | bearer | Prometheus text of every `effect/Metric` (the `sturdy_*` series among them) |
- * | `GET /api/admin/database/metrics` | bearer | the `Snapshot` below, as JSON |
- * | `GET /admin/database` | see below | the dashboard page |
+ * `routes` lists every route, who may call it and what it answers.
  *
  * **Details**
  *
@@ -284,6 +278,44 @@ const unauthorized = HttpServerResponse.jsonUnsafe(
 )
 
 /**
+ * Every route the layer mounts, as data: the layer mounts exactly these (its
+ * handlers are keyed by them), and the README's routes table is made from
+ * this list. `token`: `"none"` is open to anyone (status only); `"bearer"`
+ * needs `Authorization: Bearer <token>`; `"page"` is a static part of the
+ * dashboard, which holds no data. Only `"none"` routes are mounted without a
+ * configured token.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const routes = [
+  { method: "GET", path: "/health/live", token: "none", answers: '`200 {"status":"live"}`' },
+  {
+    method: "GET",
+    path: "/health/ready",
+    token: "none",
+    answers:
+      '`200 {"status":"ready"}`; `503 {"status":"not ready"}` while the last health check failed, the breaker is open, or `readiness` is false'
+  },
+  {
+    method: "GET",
+    path: "/metrics",
+    token: "bearer",
+    answers: "Prometheus text of every Effect metric (the `sturdy_*` series among them)"
+  },
+  {
+    method: "GET",
+    path: "/api/admin/database/metrics",
+    token: "bearer",
+    answers:
+      "JSON: the metrics snapshot, pool, breaker state and its last transitions, health history, per-statement statistics, transactions"
+  },
+  { method: "GET", path: "/admin/database", token: "page", answers: "the live dashboard" },
+  { method: "GET", path: "/admin/database/app.js", token: "page", answers: "the dashboard's script" },
+  { method: "GET", path: "/admin/database/app.css", token: "page", answers: "the dashboard's stylesheet" }
+] as const
+
+/**
  * The routes, added to the `HttpRouter` of the layer's context.
  *
  * @since 0.1.0
@@ -306,17 +338,16 @@ export const layer = (
       }
       const { snapshot, ready } = yield* makeSnapshot(options)
 
-      yield* router.add("GET", "/health/live", HttpServerResponse.jsonUnsafe({ status: "live" }, { headers: noStore }))
-      yield* router.add(
-        "GET",
-        "/health/ready",
-        Effect.map(ready, (isReady) =>
+      const open = {
+        "/health/live": HttpServerResponse.jsonUnsafe({ status: "live" }, { headers: noStore }),
+        "/health/ready": Effect.map(ready, (isReady) =>
           HttpServerResponse.jsonUnsafe(
             { status: isReady ? "ready" : "not ready" },
             { status: isReady ? 200 : 503, headers: noStore }
           )
         )
-      )
+      }
+      for (const path of ["/health/live", "/health/ready"] as const) yield* router.add("GET", path, open[path])
       if (token === undefined) {
         yield* Effect.logInfo(`Admin routes are off: no token is configured (${TOKEN})`).pipe(
           Effect.annotateLogs({ "sturdy.event": "admin" })
@@ -328,32 +359,33 @@ export const layer = (
         <E, R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
         (request: HttpServerRequest.HttpServerRequest) =>
           bearerMatches(request, expected) ? handler : Effect.succeed(unauthorized)
-
-      yield* router.add(
-        "GET",
-        "/metrics",
-        guarded(
+      const withToken = {
+        "/metrics": guarded(
           Effect.map(PrometheusMetrics.format(), (body) =>
             HttpServerResponse.text(body, { contentType: "text/plain; version=0.0.4; charset=utf-8", headers: noStore })
           )
-        )
-      )
-      yield* router.add(
-        "GET",
-        "/api/admin/database/metrics",
-        guarded(Effect.map(snapshot, (body) => HttpServerResponse.jsonUnsafe(body, { headers: noStore })))
-      )
-      yield* router.add("GET", "/admin/database", HttpServerResponse.html(dashboard.html).pipe(withHeaders))
-      yield* router.add(
-        "GET",
-        "/admin/database/app.js",
-        HttpServerResponse.text(dashboard.js, { contentType: "text/javascript; charset=utf-8", headers: pageHeaders })
-      )
-      yield* router.add(
-        "GET",
-        "/admin/database/app.css",
-        HttpServerResponse.text(dashboard.css, { contentType: "text/css; charset=utf-8", headers: pageHeaders })
-      )
+        ),
+        "/api/admin/database/metrics": guarded(
+          Effect.map(snapshot, (body) => HttpServerResponse.jsonUnsafe(body, { headers: noStore }))
+        ),
+        "/admin/database": HttpServerResponse.html(dashboard.html).pipe(withHeaders),
+        "/admin/database/app.js": HttpServerResponse.text(dashboard.js, {
+          contentType: "text/javascript; charset=utf-8",
+          headers: pageHeaders
+        }),
+        "/admin/database/app.css": HttpServerResponse.text(dashboard.css, {
+          contentType: "text/css; charset=utf-8",
+          headers: pageHeaders
+        })
+      }
+      // Every listed route has exactly one handler, open or behind the token.
+      const _every: Record<(typeof routes)[number]["path"], unknown> = { ...open, ...withToken }
+      void _every
+      yield* router.add("GET", "/metrics", withToken["/metrics"])
+      yield* router.add("GET", "/api/admin/database/metrics", withToken["/api/admin/database/metrics"])
+      for (const path of ["/admin/database", "/admin/database/app.js", "/admin/database/app.css"] as const) {
+        yield* router.add("GET", path, withToken[path])
+      }
       yield* Effect.logInfo("Admin routes mounted").pipe(
         Effect.annotateLogs({
           "sturdy.event": "admin",

@@ -5,12 +5,7 @@
  *
  * **Details**
  *
- * | alert | when | severity |
- * |---|---|---|
- * | `breaker-opened` | the breaker opens (after failures, or again after a failed probe) | critical |
- * | `breaker-closed` | a probe succeeded and calls flow again | info |
- * | `database-unhealthy` | a health check fails after a healthy one, or the first check fails | critical |
- * | `database-healthy` | a health check succeeds after a failed one | info |
+ * `kinds` lists every alert, when it is sent and its severity.
  *
  * Debouncing: the first alert of a condition goes out at once. Repeats of the
  * same condition within `debounce` of it are merged into one alert sent when
@@ -50,10 +45,34 @@ const DEBOUNCE = "STURDY_ALERT_DEBOUNCE"
 const defaultDebounce = "1 minute"
 
 /**
+ * Every alert, as data: when it is sent and its severity. The alerts carry
+ * these severities, and the README's alerts table is made from this list.
+ *
  * @since 0.1.0
  * @category models
  */
-export type Kind = "breaker-opened" | "breaker-closed" | "database-unhealthy" | "database-healthy"
+export const kinds = [
+  {
+    kind: "breaker-opened",
+    when: "the breaker opens, after failures or again after a failed probe",
+    severity: "critical"
+  },
+  { kind: "breaker-closed", when: "a probe succeeded: calls flow again", severity: "info" },
+  {
+    kind: "database-unhealthy",
+    when: "a health check fails after a healthy one (or the first check fails)",
+    severity: "critical"
+  },
+  { kind: "database-healthy", when: "a health check succeeds after a failed one", severity: "info" }
+] as const
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Kind = (typeof kinds)[number]["kind"]
+
+const severityOf = (kind: Kind): "critical" | "info" => kinds.find((entry) => entry.kind === kind)!.severity
 
 /**
  * What a sink receives; a webhook receives it as its JSON body.
@@ -329,7 +348,7 @@ const alert = (
   return {
     kind,
     subject: subjectOf(kind),
-    severity: kind === "breaker-opened" || kind === "database-unhealthy" ? "critical" : "info",
+    severity: severityOf(kind),
     database,
     message,
     at,

@@ -6,25 +6,9 @@
  * **Details**
  *
  * The reasons are the network ones of `@sturdy/resilience/Transient`, the
- * driver's own where `effect/sql` already names the failure, plus:
- *
- * | reason | trigger |
- * |---|---|
- * | `ConnectionFailure` | SQLSTATE 08006 |
- * | `ConnectionDoesNotExist` | SQLSTATE 08003 |
- * | `ConnectionException` | SQLSTATE 08000 and the rest of class 08 |
- * | `CannotConnectNow` | SQLSTATE 57P03 (starting up, shutting down) |
- * | `AdminShutdown` | SQLSTATE 57P01 (`pg_terminate_backend`, fast shutdown) |
- * | `CrashShutdown` | SQLSTATE 57P02 |
- * | `TooManyConnections` | SQLSTATE 53300 |
- * | `ReadOnlyTransaction` | SQLSTATE 25006 (a standby after a failover) |
- * | `ConnectionsNotAllowed` | SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance) |
- * | `StatementTimeoutError` (the driver's own reason) | SQLSTATE 57014: the server cancelled the statement (its `statement_timeout`, which Sturdy sets to the attempt timeout, or a cancel request) |
- * | `ConnectionClosed` | the connection closed with no SQLSTATE (also PgBouncer's relay of a backend killed mid-statement, which the driver reports as "Unexpected ErrorResponse after ErrorResponse") |
- * | `NoMatchingHost` | several hosts, none of the kind `target_session_attrs` wants (during a failover, before the promotion) |
- * | `PreparedStatementUnavailable` | SQLSTATE 26000 or 42P05 on a prepared statement: a pooler in transaction mode moved the session to another server connection. Nothing ran; the client stops preparing statements |
- * | `PoolerUnavailable` | a pooler answered for a server it cannot reach, or gave up waiting for one: PgBouncer's 08P01 `server login has been failing`, `pgbouncer cannot connect to server`, `server conn crashed?`, `query_wait_timeout`, `client_login_timeout`, its shutdown messages |
- * | `SerializationError`, `DeadlockError` (the driver's own reasons) | SQLSTATE 40001, 40P01, for whole transactions only |
+ * driver's own where `effect/sql` already names the failure, and Sturdy's
+ * for what only PostgreSQL and its poolers say: `reasons` lists every one,
+ * what triggers it and what it means for a statement that was sent.
  *
  * PgBouncer sends every error with SQLSTATE 08P01, the server's refusals it
  * relays included (their text kept): for 08P01 the message decides. A server
@@ -171,6 +155,93 @@ export const TransientReason = Schema.Union([
  * @category models
  */
 export type TransientReason = typeof TransientReason.Type
+
+/**
+ * Every transient reason, as data: what triggers it, and what it means for a
+ * statement already sent (`"unknown"`: retried only when read-only or
+ * idempotent, otherwise `OutcomeUnknown`; `"not applied"`: retried;
+ * `"connect only"`: it cannot happen once the statement is sent). A test
+ * checks that these are exactly the members of `TransientReason`, and the
+ * README's error table is made from this list.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const reasons: ReadonlyArray<{
+  readonly reason: TransientReason["_tag"]
+  readonly trigger: string
+  readonly whenSent: "unknown" | "not applied" | "connect only"
+}> = [
+  { reason: "NetworkTimeout", trigger: "`ETIMEDOUT`, the driver's connect timeout", whenSent: "unknown" },
+  { reason: "ConnectionReset", trigger: "`ECONNRESET`, `ECONNABORTED`", whenSent: "unknown" },
+  { reason: "HostNotFound", trigger: "`ENOTFOUND`", whenSent: "connect only" },
+  { reason: "ConnectionRefused", trigger: "`ECONNREFUSED`", whenSent: "connect only" },
+  { reason: "BrokenPipe", trigger: "`EPIPE`", whenSent: "unknown" },
+  { reason: "DnsTemporaryFailure", trigger: "`EAI_AGAIN`", whenSent: "connect only" },
+  {
+    reason: "NetworkUnreachable",
+    trigger: "`EHOSTUNREACH`, `ENETUNREACH`, `ENETDOWN`, `EHOSTDOWN`",
+    whenSent: "connect only"
+  },
+  { reason: "AttemptTimeout", trigger: "the attempt's deadline passed", whenSent: "unknown" },
+  { reason: "ConnectionFailure", trigger: "SQLSTATE 08006", whenSent: "unknown" },
+  { reason: "ConnectionDoesNotExist", trigger: "SQLSTATE 08003", whenSent: "unknown" },
+  { reason: "ConnectionException", trigger: "SQLSTATE 08000 and the rest of class 08", whenSent: "unknown" },
+  { reason: "CannotConnectNow", trigger: "SQLSTATE 57P03 (starting up, shutting down)", whenSent: "connect only" },
+  {
+    reason: "AdminShutdown",
+    trigger: "SQLSTATE 57P01 (`pg_terminate_backend`, a fast shutdown)",
+    whenSent: "unknown"
+  },
+  { reason: "CrashShutdown", trigger: "SQLSTATE 57P02", whenSent: "unknown" },
+  { reason: "TooManyConnections", trigger: "SQLSTATE 53300", whenSent: "connect only" },
+  { reason: "ReadOnlyTransaction", trigger: "SQLSTATE 25006 (a standby after a failover)", whenSent: "not applied" },
+  {
+    reason: "ConnectionsNotAllowed",
+    trigger:
+      "SQLSTATE 55000 while connecting: the database does not accept connections now (`ALLOW_CONNECTIONS false`, maintenance)",
+    whenSent: "connect only"
+  },
+  {
+    reason: "StatementTimeoutError",
+    trigger:
+      "SQLSTATE 57014, the driver's own reason: the server cancelled the statement (its `statement_timeout`, or the cancel sent at the attempt's deadline)",
+    whenSent: "not applied"
+  },
+  {
+    reason: "ConnectionClosed",
+    trigger:
+      'the connection closed with no SQLSTATE (how a killed backend arrives, directly or relayed by PgBouncer as "Unexpected ErrorResponse after ErrorResponse")',
+    whenSent: "unknown"
+  },
+  {
+    reason: "PoolerUnavailable",
+    trigger:
+      "a pooler answered for a server it cannot reach, or gave up waiting: PgBouncer's 08P01 `server login has been failing`, `pgbouncer cannot connect to server`, `server conn crashed?`, `query_wait_timeout`, `client_login_timeout`, its shutdown messages",
+    whenSent: "unknown"
+  },
+  {
+    reason: "NoMatchingHost",
+    trigger: "several hosts, none of the kind `target_session_attrs` wants (during a failover, before the promotion)",
+    whenSent: "connect only"
+  },
+  {
+    reason: "PreparedStatementUnavailable",
+    trigger:
+      "SQLSTATE 26000 or 42P05 on a prepared statement behind a transaction-mode pooler (prepared statements then turn off)",
+    whenSent: "not applied"
+  },
+  {
+    reason: "SerializationError",
+    trigger: "SQLSTATE 40001, the driver's own reason: for whole transactions only",
+    whenSent: "not applied"
+  },
+  {
+    reason: "DeadlockError",
+    trigger: "SQLSTATE 40P01, the driver's own reason: for whole transactions only",
+    whenSent: "not applied"
+  }
+]
 
 /**
  * Whether a reason's statement may have taken effect.

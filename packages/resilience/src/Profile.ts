@@ -260,12 +260,13 @@ export const variables: ReadonlyArray<{
   {
     name: "STURDY_ATTEMPT_TIMEOUT",
     default: "10 s (production: 30 s)",
-    description: "deadline of one attempt: waiting for a connection plus running the statement"
+    description:
+      "deadline of one attempt: waiting for a connection plus running the statement; also the server's `statement_timeout`"
   },
   {
     name: "STURDY_HEALTH_CHECK_INTERVAL",
     default: "30 s (production: 60 s)",
-    description: "time between health probes while the circuit is closed"
+    description: "time between health probes while healthy (every 250 ms while unhealthy or the circuit is open)"
   },
   { name: "STURDY_HEALTH_CHECK_TIMEOUT", default: "5 s", description: "deadline of one health probe" },
   {

@@ -66,7 +66,7 @@ export const variables: ReadonlyArray<{
     name: "DATABASE_URL",
     default: "required",
     description:
-      "`postgres://user:password@host:port/database`, libpq's syntax: several hosts, `target_session_attrs`, `load_balance_hosts`, `connect_timeout`"
+      "`postgres://user:password@host:port/database` (read as a secret), libpq's syntax: several hosts, `target_session_attrs`, `load_balance_hosts`, `connect_timeout`"
   },
   { name: "STURDY_POOL_SIZE", default: "10", description: "the pool's maximum connections, integer >= 1" },
   {
