@@ -171,7 +171,8 @@ describe("Admin", () => {
             `Bearer ${TOKEN.slice(0, -1)}`,
             `Bearer ${TOKEN.toUpperCase()}`,
             `Bearer ${TOKEN} ${TOKEN}`,
-            `Bearer${TOKEN}`
+            `Bearer${TOKEN}`,
+            `Basic Bearer ${TOKEN}`
           ]
           for (const path of ["/metrics", "/api/admin/database/metrics"]) {
             for (const authorization of refused) {
@@ -528,6 +529,7 @@ describe("Admin", () => {
             error: `ConnectionRefused: PgConnection: Failed to connect (connect ECONNREFUSED 127.0.0.1:${port})`
           }
           assert.deepStrictEqual(health.last, refused)
+          assert.deepStrictEqual(health.history.slice(0, 1), [refused])
           assert.deepStrictEqual(
             health.history,
             Array.from(health.history, () => refused)
