@@ -19,7 +19,7 @@ import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import type * as StatementStats from "../StatementStats.ts"
-import { Call, InFlight } from "./call.ts"
+import { Call } from "./call.ts"
 import {
   attemptTimeout,
   breakerOutcome,
@@ -34,6 +34,7 @@ import { Rejections } from "./rejections.ts"
 import { destroySocket, isStaleConnection, type Sessions, type StaleConnection, staleConnection } from "./sessions.ts"
 import { Slots } from "./slots.ts"
 import { sqlOf } from "./statementText.ts"
+import { Watchdog } from "./watchdog.ts"
 
 export { Call, InFlight } from "./call.ts"
 export { internalsOf, Sessions } from "./sessions.ts"
@@ -87,40 +88,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const clock = yield* Clock.Clock
   const context = yield* Effect.context<never>()
   const runFork = Effect.runForkWith(context)
-  const timeoutMillis = Duration.toMillis(profile.attemptTimeout)
-  const graceMillis = Math.min(2000, Math.max(50, timeoutMillis / 4))
   const slots = new Slots(options.maxConnections * options.statementsPerConnection)
-
-  // --- The watchdog: one fiber per client enforces every attempt's deadline --------------------------------------
-
-  const inFlight = new InFlight()
-  const cancelled = new InFlight()
-  const expire = () => {
-    const now = clock.currentTimeMillisUnsafe()
-    for (let call = inFlight.head; call !== undefined && call.deadline <= now; call = inFlight.head) {
-      inFlight.remove(call)
-      call.timedOut = true
-      recorder.timeouts++
-      if (call.connection !== undefined) {
-        // Ask the server to cancel; if the network is silent, end the session after a grace period.
-        // (A multiplexed session's interrupt does nothing: its statement_timeout is the cancellation.)
-        call.cancelSent = options.statementsPerConnection === 1
-        runFork(call.connection.interrupt)
-        call.deadline = now + graceMillis
-        cancelled.add(call)
-      } else if (call.parked) {
-        call.parked = false
-        call.resume?.(Effect.fail(timeoutOf(call)))
-      }
-      // Otherwise it is opening a connection, which the driver's connect timeout (the attempt timeout) bounds.
-    }
-    for (let call = cancelled.head; call !== undefined && call.deadline <= now; call = cancelled.head) {
-      cancelled.remove(call)
-      if (call.connection !== undefined) destroySocket(call.connection)
-    }
-  }
-  const tick = Duration.millis(Math.min(1000, Math.max(10, timeoutMillis / 20)))
-  yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(tick), Effect.sync(expire))))
 
   // --- Classification ---------------------------------------------------------------------------------------------
 
@@ -133,6 +101,21 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     else if (outcome === "Failure") recorder.consecutiveFailures++
     return outcome
   }
+
+  // --- The watchdog: one fiber per client enforces every attempt's deadline --------------------------------------
+
+  const watchdog = new Watchdog({
+    clock,
+    timeoutMillis: Duration.toMillis(profile.attemptTimeout),
+    cancelsStatement: options.statementsPerConnection === 1,
+    recorder,
+    interrupt: (connection) => {
+      runFork(connection.interrupt)
+    },
+    destroy: destroySocket,
+    timeoutOf
+  })
+  yield* Effect.forkScoped(watchdog.loop)
 
   // --- One attempt ------------------------------------------------------------------------------------------------
 
@@ -148,8 +131,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   }
 
   const settle = (call: Call) => {
-    inFlight.remove(call)
-    cancelled.remove(call)
+    watchdog.forget(call)
     if (call.sent) slots.inUse--
     else slots.waiting--
     call.connection = undefined
@@ -160,8 +142,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   /** Acquire + execute, bounded by the attempt deadline that the watchdog enforces. */
   const run = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>) => {
     slots.waiting++
-    call.deadline = clock.currentTimeMillisUnsafe() + timeoutMillis
-    inFlight.add(call)
+    watchdog.watch(call)
     const sessions = options.sessions
     const lend = (connection: PgConnection.PgConnection) => {
       slots.waiting--
@@ -331,7 +312,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           "sturdy.reason": isCircuitOpen(meta.input)
             ? "CircuitOpen"
             : (meta.input as PgFailure.TransientError).reason._tag,
-          "sturdy.phase": isCircuitOpen(meta.input) ? "connect" : PgFailure.phaseOf((meta.input as PgFailure.TransientError).reason),
+          "sturdy.phase": isCircuitOpen(meta.input)
+            ? "connect"
+            : PgFailure.phaseOf((meta.input as PgFailure.TransientError).reason),
           "sturdy.attempt": meta.attempt + 1,
           "sturdy.attempts": profile.retriesAfterFirst + 1,
           "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))

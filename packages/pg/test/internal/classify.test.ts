@@ -72,7 +72,7 @@ const describeFailure = (error: unknown, failure: unknown): string => {
   if (failure === error) return "unchanged"
   if (failure === circuitOpen) return "the CircuitOpen it carries"
   if (failure instanceof PgFailure.TransientError || failure instanceof PgFailure.OutcomeUnknown) {
-    return `${failure._tag}(${failure.reason._tag}, ${failure.reason.phase})`
+    return `${failure._tag}(${failure.reason._tag}, ${PgFailure.phaseOf(failure.reason)})`
   }
   if (failure instanceof PgFailure.ConfigurationRefused) return `ConfigurationRefused(${failure.refusal})`
   return `something else: ${String(failure)}`
@@ -199,7 +199,7 @@ const cases: ReadonlyArray<Case> = [
     name: "the cancel's 57014 after the deadline: the session lives, the reason stays",
     error: server((p) => new StatementTimeoutError(p), "57014", "query"),
     attempt: sent(insert, true),
-    decided: "TransientError(StatementTimeout, sent)",
+    decided: "TransientError(StatementTimeoutError, sent)",
     breaker: "Failure"
   },
   {
