@@ -88,7 +88,11 @@ describe("ResilientPg.withTransaction against a real server", () => {
             { id: 1, v: 11 },
             { id: 2, v: 11 }
           ])
-          assert.isAtLeast(service.transactions.conflictRetries, 1)
+          // One cycle, one victim (40P01), retried once: its second run meets no cycle, the other having its rows.
+          assert.deepStrictEqual(
+            [service.transactions.started, service.transactions.retries, service.transactions.conflictRetries],
+            [2, 1, 1]
+          )
         }).pipe(Effect.provide(ResilientPg.layer({ url: db.url, applicationName: "deadlock", ...fast })))
       }).pipe(Effect.scoped)
     )
