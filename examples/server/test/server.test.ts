@@ -138,7 +138,7 @@ describe("the example server over HTTP", () => {
         const snapshot = JSON.parse((yield* request(base, "/api/admin/database/metrics", { bearer: token })).text)
         assert.strictEqual(snapshot.database, `${server.host}:${server.port}/${server.database}`)
         assert.strictEqual(snapshot.ready, true)
-        assert.strictEqual(snapshot.breaker.state, "closed")
+        assert.strictEqual(snapshot.breaker.state, "Closed")
         assert.strictEqual(snapshot.health.last.status, "healthy")
         assert.isAtLeast(snapshot.health.history.length, 1)
         assert.strictEqual(snapshot.pool.max, 10)
@@ -302,7 +302,7 @@ describe("the example server over HTTP", () => {
             Effect.forEach(Array.from({ length: 6 }), () => request(base, "/notes"), { concurrency: "unbounded" })
           )
           yield* Eventually.holds(
-            Effect.map(breakerState, (state) => state === "open"),
+            Effect.map(breakerState, (state) => state === "Open"),
             { what: "the breaker opening", timeout: "5 seconds", ...polling }
           )
           yield* server.start
@@ -313,7 +313,7 @@ describe("the example server over HTTP", () => {
               ...polling
             })
           )
-          assert.strictEqual(yield* breakerState, "closed")
+          assert.strictEqual(yield* breakerState, "Closed")
           yield* Fiber.join(requests)
           process.stdout.write(
             `readiness with defaults: 503 ${millisOf(notReadyAfter)} ms after the stop, 200 ${millisOf(readyAfter)} ms after the start, ${millisOf(readyAfterOpen)} ms after a start with the breaker open\n`

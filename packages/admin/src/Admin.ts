@@ -81,8 +81,8 @@ export interface Options {
  */
 export interface TransitionEntry {
   readonly at: string
-  readonly from: "closed" | "open" | "half-open"
-  readonly to: "closed" | "open" | "half-open"
+  readonly from: Breaker.State["_tag"]
+  readonly to: Breaker.State["_tag"]
   /** On an opening: how long until the breaker lets a probe through. */
   readonly retryAfterMillis?: number
 }
@@ -114,7 +114,7 @@ export interface Snapshot {
   readonly metrics: Omit<DatabaseMetrics.Snapshot, "lastHealthCheck" | "pool">
   readonly pool: DatabaseMetrics.PoolStats
   readonly breaker: {
-    readonly state: "closed" | "open" | "half-open"
+    readonly state: Breaker.State["_tag"]
     readonly retryAfterMillis?: number
     readonly consecutiveOpenings?: number
     readonly transitions: ReadonlyArray<TransitionEntry>
@@ -138,9 +138,6 @@ export interface Snapshot {
 export class InvalidAdminOptions extends Schema.TaggedError<InvalidAdminOptions>()("InvalidAdminOptions", {
   message: Schema.String
 }) {}
-
-const stateName = (tag: Breaker.State["_tag"]): "closed" | "open" | "half-open" =>
-  tag === "Closed" ? "closed" : tag === "Open" ? "open" : "half-open"
 
 class Ring<A> {
   private readonly items: Array<A> = []
@@ -196,8 +193,8 @@ export const makeSnapshot = Effect.fnUntraced(function* (options?: {
       Effect.map(Clock.currentTimeMillis, (now) =>
         transitions.push({
           at: new Date(now).toISOString(),
-          from: stateName(transition.from),
-          to: stateName(transition.to),
+          from: transition.from,
+          to: transition.to,
           ...(transition.to === "Open" ? { retryAfterMillis: Duration.toMillis(transition.retryAfter) } : {})
         })
       )
@@ -230,7 +227,7 @@ export const makeSnapshot = Effect.fnUntraced(function* (options?: {
       metrics: rest,
       pool,
       breaker: {
-        state: stateName(state._tag),
+        state: state._tag,
         ...(state._tag === "Open"
           ? {
               retryAfterMillis: Duration.toMillis(state.retryAfter),

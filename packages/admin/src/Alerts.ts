@@ -444,7 +444,7 @@ export const layer = (
                     ? `Circuit breaker for ${database} opened: calls fail fast for ${seconds}s`
                     : `Circuit breaker for ${database} opened again: the probe failed; next probe in ${seconds}s`,
                   {
-                    from: transition.from === "Closed" ? "closed" : "half-open",
+                    from: transition.from,
                     retryAfterMillis: Duration.toMillis(transition.retryAfter),
                     consecutiveOpenings: transition.consecutiveOpenings
                   }

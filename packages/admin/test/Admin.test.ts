@@ -283,7 +283,7 @@ describe("Admin", () => {
               metrics: {
                 totalQueries: 3,
                 failedQueries: 0,
-                circuitState: "closed",
+                circuitState: "Closed",
                 failureCount: 0,
                 successRate: 100,
                 attempts: 3,
@@ -294,7 +294,7 @@ describe("Admin", () => {
                 breakerTransitions: {}
               },
               pool: { max: 10, open: 1, inUse: 0, idle: 1, waiting: 0 },
-              breaker: { state: "closed", transitions: [] },
+              breaker: { state: "Closed", transitions: [] },
               health: { last: health, history: [health] },
               // Fingerprints only: no literal, no parameter.
               statements: ["SELECT ? AS one", "SELECT ? AS two", "SELECT ?::text AS v"],
@@ -498,7 +498,7 @@ describe("Admin", () => {
               metrics: {
                 totalQueries: 3,
                 failedQueries: 3,
-                circuitState: "open",
+                circuitState: "Open",
                 failureCount: 2,
                 successRate: 0,
                 attempts: 2,
@@ -510,10 +510,10 @@ describe("Admin", () => {
               },
               pool: { max: 10, open: 0, inUse: 0, idle: 0, waiting: 0 },
               breaker: {
-                state: "open",
+                state: "Open",
                 retryAfterMillis: 5000,
                 consecutiveOpenings: 1,
-                transitions: [{ at: epoch, from: "closed", to: "open", retryAfterMillis: 5000 }]
+                transitions: [{ at: epoch, from: "Closed", to: "Open", retryAfterMillis: 5000 }]
               }
             }
           )

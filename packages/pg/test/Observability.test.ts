@@ -61,7 +61,7 @@ describe("metrics and lifecycle logs", () => {
           assert.strictEqual(snapshot.attempts, N + 2 * M + K)
           assert.strictEqual(snapshot.retries, M)
           assert.strictEqual(snapshot.rejections, 0)
-          assert.strictEqual(snapshot.circuitState, "closed")
+          assert.strictEqual(snapshot.circuitState, "Closed")
           assert.strictEqual(snapshot.failureCount, 0)
           assert.strictEqual(snapshot.lastHealthCheck?.status, "healthy")
           assert.isAbove(snapshot.avgResponseTime, 0)
@@ -79,8 +79,8 @@ describe("metrics and lifecycle logs", () => {
           assert.strictEqual(seriesValue(series, "sturdy_statements_failed_total").count, K)
           assert.strictEqual(seriesValue(series, "sturdy_attempts_total").count, N + 2 * M + K)
           assert.strictEqual(seriesValue(series, "sturdy_retries_total").count, M)
-          assert.strictEqual(seriesValue(series, "sturdy_breaker_state", { state: "closed" }).value, 1)
-          assert.strictEqual(seriesValue(series, "sturdy_breaker_state", { state: "open" }).value, 0)
+          assert.strictEqual(seriesValue(series, "sturdy_breaker_state", { state: "Closed" }).value, 1)
+          assert.strictEqual(seriesValue(series, "sturdy_breaker_state", { state: "Open" }).value, 0)
           assert.strictEqual(seriesValue(series, "sturdy_health_status").value, 1)
           assert.strictEqual(seriesValue(series, "sturdy_statement_duration_ms").count, N + M + K)
           assert.strictEqual(seriesValue(series, "sturdy_pool_in_use").value, 0)
@@ -92,9 +92,9 @@ describe("metrics and lifecycle logs", () => {
               .map((s) => `${s.id}${JSON.stringify(s.attributes)}`)
               .sort(),
             [
-              'sturdy_breaker_state{"state":"closed"}',
-              'sturdy_breaker_state{"state":"half-open"}',
-              'sturdy_breaker_state{"state":"open"}',
+              'sturdy_breaker_state{"state":"Closed"}',
+              'sturdy_breaker_state{"state":"HalfOpen"}',
+              'sturdy_breaker_state{"state":"Open"}',
               'sturdy_breaker_transitions_total{"from":"Closed","to":"Open"}',
               'sturdy_breaker_transitions_total{"from":"HalfOpen","to":"Closed"}',
               'sturdy_breaker_transitions_total{"from":"HalfOpen","to":"Open"}',

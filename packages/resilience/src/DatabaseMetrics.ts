@@ -143,7 +143,7 @@ export interface Snapshot {
   readonly failedQueries: number
   /** Mean call latency in milliseconds, retries included. */
   readonly avgResponseTime: number
-  readonly circuitState: "closed" | "open" | "half-open"
+  readonly circuitState: State["_tag"]
   /** Failed attempts in a row (the breaker's streak under a consecutive policy). */
   readonly failureCount: number
   readonly lastHealthCheck: HealthCheckResult | undefined
@@ -177,8 +177,6 @@ export class DatabaseMetrics extends Context.Service<DatabaseMetrics, Service>()
   "@sturdy/resilience/DatabaseMetrics"
 ) {}
 
-const circuitStates = { Closed: "closed", Open: "open", HalfOpen: "half-open" } as const
-
 /**
  * @since 0.1.0
  * @category models
@@ -211,7 +209,7 @@ export const snapshot = (sources: Sources): Effect.Effect<Snapshot> =>
       totalQueries: r.statements,
       failedQueries: r.failed,
       avgResponseTime: r.latency.count === 0 ? 0 : r.latency.sum / r.latency.count,
-      circuitState: circuitStates[state._tag],
+      circuitState: state._tag,
       failureCount: r.consecutiveFailures,
       lastHealthCheck,
       successRate: r.statements === 0 ? 100 : ((r.statements - r.failed) / r.statements) * 100,
@@ -373,7 +371,7 @@ export const make = Effect.fnUntraced(function* (sources: Sources): Effect.fn.Re
   }
   for (const tag of ["Closed", "Open", "HalfOpen"] as const) {
     gauge("sturdy_breaker_state", () => (state === tag ? 1 : 0), {
-      state: circuitStates[tag]
+      state: tag
     })
   }
   gauge("sturdy_health_status", () => healthy)

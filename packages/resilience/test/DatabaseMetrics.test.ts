@@ -152,7 +152,7 @@ describe("DatabaseMetrics.snapshot", () => {
         totalQueries: 0,
         failedQueries: 0,
         avgResponseTime: 0,
-        circuitState: "closed",
+        circuitState: "Closed",
         failureCount: 0,
         lastHealthCheck: healthy,
         successRate: 100,
@@ -191,7 +191,7 @@ describe("DatabaseMetrics.snapshot", () => {
         totalQueries: 10,
         failedQueries: 2,
         avgResponseTime: 25,
-        circuitState: "half-open",
+        circuitState: "HalfOpen",
         failureCount: 2,
         lastHealthCheck: healthy,
         successRate: 80,
@@ -216,7 +216,7 @@ describe("DatabaseMetrics.snapshot", () => {
       for (const state of [closed, open, halfOpen]) {
         names.push((yield* DatabaseMetrics.snapshot(fixedSources(new DatabaseMetrics.Recorder(), state))).circuitState)
       }
-      assert.deepStrictEqual(names, ["closed", "open", "half-open"])
+      assert.deepStrictEqual(names, ["Closed", "Open", "HalfOpen"])
     })
   )
 
@@ -241,11 +241,11 @@ describe("DatabaseMetrics.snapshot", () => {
       const after = yield* DatabaseMetrics.snapshot(sources)
       assert.deepStrictEqual(
         [before.totalQueries, before.avgResponseTime, before.circuitState, before.lastHealthCheck, before.pool.inUse],
-        [0, 0, "closed", undefined, 3]
+        [0, 0, "Closed", undefined, 3]
       )
       assert.deepStrictEqual(
         [after.totalQueries, after.avgResponseTime, after.circuitState, after.lastHealthCheck, after.pool],
-        [1, 7, "open", unhealthy, { max: 10, open: 4, inUse: 10, idle: 1, waiting: 5 }]
+        [1, 7, "Open", unhealthy, { max: 10, open: 4, inUse: 10, idle: 1, waiting: 5 }]
       )
     })
   )
@@ -294,9 +294,9 @@ describe("DatabaseMetrics.make", () => {
         'sturdy_breaker_transitions_total{"from":"Open","to":"HalfOpen"}': counter(0),
         'sturdy_breaker_transitions_total{"from":"HalfOpen","to":"Closed"}': counter(0),
         'sturdy_breaker_transitions_total{"from":"HalfOpen","to":"Open"}': counter(0),
-        'sturdy_breaker_state{"state":"closed"}': { value: 1 },
-        'sturdy_breaker_state{"state":"open"}': { value: 0 },
-        'sturdy_breaker_state{"state":"half-open"}': { value: 0 },
+        'sturdy_breaker_state{"state":"Closed"}': { value: 1 },
+        'sturdy_breaker_state{"state":"Open"}': { value: 0 },
+        'sturdy_breaker_state{"state":"HalfOpen"}': { value: 0 },
         sturdy_health_status: { value: 1 },
         sturdy_pool_in_use: { value: 3 },
         sturdy_pool_idle: { value: 1 },
@@ -360,9 +360,9 @@ describe("DatabaseMetrics.make", () => {
           healthChanges: health.stream
         })
         const gauges = Effect.map(readSeries, (series) => ({
-          closed: series['sturdy_breaker_state{"state":"closed"}'],
-          open: series['sturdy_breaker_state{"state":"open"}'],
-          halfOpen: series['sturdy_breaker_state{"state":"half-open"}'],
+          closed: series['sturdy_breaker_state{"state":"Closed"}'],
+          open: series['sturdy_breaker_state{"state":"Open"}'],
+          halfOpen: series['sturdy_breaker_state{"state":"HalfOpen"}'],
           healthy: series.sturdy_health_status
         }))
         const one = { value: 1 }
@@ -411,8 +411,8 @@ describe("DatabaseMetrics.make", () => {
       }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map()))
       assert.deepStrictEqual(
         [
-          series['sturdy_breaker_state{"state":"closed"}'],
-          series['sturdy_breaker_state{"state":"open"}'],
+          series['sturdy_breaker_state{"state":"Closed"}'],
+          series['sturdy_breaker_state{"state":"Open"}'],
           series.sturdy_health_status
         ],
         [{ value: 0 }, { value: 1 }, { value: 1 }]
@@ -440,7 +440,7 @@ describe("DatabaseMetrics.make", () => {
         [
           series['sturdy_statements_total{"database":"orders"}'],
           series['sturdy_statements_total{"database":"users"}'],
-          series['sturdy_breaker_state{"state":"closed","database":"orders"}']
+          series['sturdy_breaker_state{"state":"Closed","database":"orders"}']
         ],
         [{ count: 3, incremental: true }, { count: 8, incremental: true }, { value: 1 }]
       )

@@ -266,17 +266,20 @@ const renderHeader = (snapshot) => {
   $("uptime").textContent = `up ${duration(Date.parse(snapshot.generatedAt) - Date.parse(snapshot.startedAt))}`
 }
 
+/** The breaker's states as the page shows them (and its stylesheet names them). */
+const stateLabels = /** @type {const} */ ({ Closed: "closed", Open: "open", HalfOpen: "half-open" })
+
 /** @param {Snapshot} snapshot */
 const renderBreaker = (snapshot) => {
   const { state, retryAfterMillis, consecutiveOpenings } = snapshot.breaker
   const element = $("breaker-state")
-  element.textContent = state
-  element.dataset.state = state
+  element.textContent = stateLabels[state]
+  element.dataset.state = stateLabels[state]
   let detail
-  if (state === "open") {
+  if (state === "Open") {
     const probe = retryAfterMillis ? `probe in ${duration(retryAfterMillis)}` : "probe on the next call"
     detail = `${probe} · opening ${consecutiveOpenings ?? 1} in a row`
-  } else if (state === "half-open") {
+  } else if (state === "HalfOpen") {
     detail = "one probe decides whether it closes"
   } else {
     const failures = snapshot.metrics.failureCount
@@ -382,9 +385,9 @@ const renderTimeline = (snapshot) => {
     ...segments
       .filter((s) => s.to > s.from || s === segments.at(-1))
       .map((s) => {
-        const segment = el("span", `segment ${s.state}`)
+        const segment = el("span", `segment ${stateLabels[s.state]}`)
         segment.style.flexGrow = String(Math.max(s.to - s.from, 1))
-        segment.title = `${s.state} ${clock(s.from)}–${clock(s.to)} (${duration(s.to - s.from)})`
+        segment.title = `${stateLabels[s.state]} ${clock(s.from)}–${clock(s.to)} (${duration(s.to - s.from)})`
         return segment
       })
   )
@@ -404,9 +407,9 @@ const renderTimeline = (snapshot) => {
       const item = el("li")
       item.append(
         el("time", "at", clock(t.at)),
-        el("span", `pill ${t.from}`, t.from),
+        el("span", `pill ${stateLabels[t.from]}`, stateLabels[t.from]),
         el("span", "arrow", "→"),
-        el("span", `pill ${t.to}`, t.to)
+        el("span", `pill ${stateLabels[t.to]}`, stateLabels[t.to])
       )
       if (t.retryAfterMillis !== undefined)
         item.append(el("span", "muted", `probe after ${duration(t.retryAfterMillis)}`))
