@@ -216,12 +216,12 @@ export const makeSnapshot = Effect.fnUntraced(function* (options?: {
   const snapshot: Effect.Effect<Snapshot> = Effect.gen(function* () {
     const { lastHealthCheck, pool, ...rest } = yield* metrics.snapshot
     const state = yield* pg.breakerState
-    const statements = yield* pg.statements
+    const statements = yield* pg.statementStats
     const now = yield* Clock.currentTimeMillis
     return {
       generatedAt: new Date(now).toISOString(),
       startedAt,
-      database: pg.key,
+      database: pg.database,
       profile: pg.profile.name,
       ready: lastHealthCheck?.status === "healthy" && state._tag !== "Open" && (yield* application),
       metrics: rest,

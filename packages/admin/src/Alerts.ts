@@ -395,7 +395,7 @@ export const layer = (
       }
       const pg = yield* ResilientPg.ResilientPg
       const health = yield* HealthMonitor.HealthMonitor
-      const database = pg.key
+      const database = pg.database
 
       const outlets = yield* Effect.forEach(options.sinks ?? [log], (sink) =>
         Effect.gen(function* () {

@@ -195,14 +195,14 @@ export interface Stats {
  */
 export interface Service {
   readonly profile: Profile.Profile
-  /** The breaker's key for this database: `host:port/database`. */
-  readonly key: string
+  /** The database, as logs, alerts and the breaker name it: `host:port/database` (several hosts comma-separated), never its credentials. */
+  readonly database: string
   readonly stats: Effect.Effect<Stats>
   readonly breakerState: Effect.Effect<Breaker.State>
   readonly transitions: Stream.Stream<Breaker.Transition>
   readonly pool: Effect.Effect<DatabaseMetrics.PoolStats>
   /** Per-statement statistics, by fingerprint, the most time-consuming first. */
-  readonly statements: Effect.Effect<ReadonlyArray<StatementStats.Entry>>
+  readonly statementStats: Effect.Effect<ReadonlyArray<StatementStats.Entry>>
   /** What `withTransaction` did since the layer was built (counters, read them, do not write them). */
   readonly transactions: TransactionCounters
 }
@@ -547,7 +547,7 @@ export const make = Effect.fnUntraced(function* (
     metrics,
     service: {
       profile,
-      key,
+      database: key,
       stats: Effect.sync(
         (): Stats => ({
           statements: recorder.statements,
@@ -563,7 +563,7 @@ export const make = Effect.fnUntraced(function* (
       breakerState: breaker.state(key),
       transitions: breaker.transitions,
       pool: Effect.sync(pool_),
-      statements: Effect.sync(() => statements.snapshot()),
+      statementStats: Effect.sync(() => statements.snapshot()),
       transactions
     }
   }

@@ -39,7 +39,7 @@ describe("several hosts in one URL, libpq's syntax", () => {
           const sql = yield* SqlClient.SqlClient
           const service = yield* ResilientPg.ResilientPg
           assert.deepStrictEqual(yield* sql<{ one: number }>`SELECT 1 AS one`, [{ one: 1 }])
-          assert.strictEqual(service.key, `127.0.0.1:${dead},127.0.0.1:${server.port}/${server.database}`)
+          assert.strictEqual(service.database, `127.0.0.1:${dead},127.0.0.1:${server.port}/${server.database}`)
           assert.strictEqual((yield* service.stats).connectionsOpened, 1)
         }).pipe(Effect.provide(ResilientPg.layer({ url, applicationName: appName() }).pipe(quiet)))
       })

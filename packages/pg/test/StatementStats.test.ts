@@ -95,7 +95,7 @@ describe("per-statement statistics of a ResilientPg client", () => {
           const sql = yield* SqlClient.SqlClient
           for (const id of [1, 2, 3]) yield* sql`SELECT ${id}::int AS id, ${"private-value"}::text AS v`
           yield* Effect.exit(sql`SELEC 1`)
-          return yield* (yield* ResilientPg.ResilientPg).statements
+          return yield* (yield* ResilientPg.ResilientPg).statementStats
         }).pipe(Effect.provide(layer))
         const select = entries.find((entry) => entry.fingerprint === "SELECT ?::int AS id, ?::text AS v")
         assert.isDefined(select, JSON.stringify(entries))
@@ -123,7 +123,7 @@ describe("per-statement statistics of a ResilientPg client", () => {
           yield* server.stop
           for (let i = 1; i <= 5; i++) yield* Effect.exit(sql`SELECT ${i}::int AS outage_probe`)
           const service = yield* ResilientPg.ResilientPg
-          return { entries: yield* service.statements, stats: yield* service.stats }
+          return { entries: yield* service.statementStats, stats: yield* service.stats }
         }).pipe(Effect.provide(layer), Effect.ensuring(Effect.orDie(server.start)))
         const probe = entries.find((entry) => entry.fingerprint === "SELECT ?::int AS outage_probe")
         assert.isDefined(probe, JSON.stringify(entries))
