@@ -34,6 +34,7 @@
 import {
   Clock,
   Context,
+  Data,
   Duration,
   Effect,
   Layer,
@@ -74,6 +75,9 @@ export class StartupHealthCheckFailed extends Schema.TaggedError<StartupHealthCh
     return `The start-up health check failed: ${this.error}`
   }
 }
+
+/** The probe's own deadline passed: told apart from any failure of the probe itself. */
+class ProbeTimeout extends Data.TaggedError("ProbeTimeout") {}
 
 /**
  * @since 0.1.0
@@ -151,7 +155,7 @@ export const make = Effect.fnUntraced(function* <E>(
     const outcome = yield* options.probe.pipe(
       Effect.timeoutOrElse({
         duration: timeout,
-        orElse: () => Effect.fail({ timedOut: true } as const)
+        orElse: () => Effect.fail(new ProbeTimeout())
       }),
       Effect.result
     )
@@ -162,9 +166,9 @@ export const make = Effect.fnUntraced(function* <E>(
     }
     const failure = outcome.failure
     const error =
-      typeof failure === "object" && failure !== null && "timedOut" in failure
+      failure instanceof ProbeTimeout
         ? `The probe did not answer within ${Duration.format(timeout)}`
-        : describe(failure as E)
+        : describe(failure)
     return new HealthCheckResult({ status: "unhealthy", timestamp, error })
   })
 
