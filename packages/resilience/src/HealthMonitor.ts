@@ -79,6 +79,9 @@ export class StartupHealthCheckFailed extends Schema.TaggedError<StartupHealthCh
 /** The probe's own deadline passed: told apart from any failure of the probe itself. */
 class ProbeTimeout extends Data.TaggedError("ProbeTimeout") {}
 
+/** The probe died (a defect): reported as unhealthy, never the end of the monitor. */
+class ProbeDefect extends Data.TaggedError("ProbeDefect")<{ readonly defect: unknown }> {}
+
 /**
  * @since 0.1.0
  * @category models
@@ -157,6 +160,8 @@ export const make = Effect.fnUntraced(function* <E>(
         duration: timeout,
         orElse: () => Effect.fail(new ProbeTimeout())
       }),
+      // A probe that dies is an unhealthy answer too: a defect must not end the monitor and freeze readiness.
+      Effect.catchDefect((defect) => Effect.fail(new ProbeDefect({ defect }))),
       Effect.result
     )
     const finished = yield* Clock.currentTimeMillis
@@ -168,7 +173,9 @@ export const make = Effect.fnUntraced(function* <E>(
     const error =
       failure instanceof ProbeTimeout
         ? `The probe did not answer within ${Duration.format(timeout)}`
-        : describe(failure)
+        : failure instanceof ProbeDefect
+          ? `The probe died: ${Predicate.hasProperty(failure.defect, "message") ? String(failure.defect.message) : String(failure.defect)}`
+          : describe(failure)
     return new HealthCheckResult({ status: "unhealthy", timestamp, error })
   })
 
@@ -202,7 +209,8 @@ export const make = Effect.fnUntraced(function* <E>(
   const wake = yield* Queue.sliding<void>(1)
   const wait = Effect.gen(function* () {
     const healthy = (yield* SubscriptionRef.get(ref)).status === "healthy"
-    const delay = healthy && !(yield* probeFastWhile) ? interval : fastInterval
+    const delay =
+      healthy && !(yield* Effect.catchDefect(probeFastWhile, () => Effect.succeed(true))) ? interval : fastInterval
     yield* Effect.timeoutOption(Queue.take(wake), delay)
   })
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(wait, check)))

@@ -5,9 +5,9 @@ import { TestClock } from "effect/testing"
 
 /**
  * One scripted probe: `"up"` answers at once, `{ up: ms }` answers after `ms`, `"down"` fails at once with
- * `Error("connection refused")`, `{ down: value }` fails with that value, `"hang"` never answers.
+ * `Error("connection refused")`, `{ down: value }` fails with that value, `"hang"` never answers, `"die"` dies.
  */
-type Step = "up" | "down" | "hang" | { readonly up: number } | { readonly down: unknown }
+type Step = "up" | "down" | "hang" | "die" | { readonly up: number } | { readonly down: unknown }
 
 /**
  * A probe that plays `steps` in order (repeating the last) and records the virtual time at which each probe
@@ -24,6 +24,7 @@ const scripted = Effect.fnUntraced(function* (steps: ReadonlyArray<Step>) {
     if (step === "up") return "pong"
     if (step === "down") return yield* Effect.fail(new Error("connection refused"))
     if (step === "hang") return yield* Effect.never
+    if (step === "die") return yield* Effect.die(new Error("probe bug"))
     if ("up" in step) return yield* Effect.as(Effect.sleep(step.up), "pong")
     return yield* Effect.fail(step.down)
   })
@@ -59,6 +60,23 @@ describe("HealthMonitor", () => {
           timestamp: 20_000,
           error: undefined
         })
+      }).pipe(Effect.scoped)
+    )
+
+    it.effect("a probe that dies is unhealthy, and the monitor keeps probing at the fast interval", () =>
+      Effect.gen(function* () {
+        const { probe, started } = yield* scripted(["up", "die", "die", "up"])
+        const monitor = yield* HealthMonitor.make({ probe, interval: "10 seconds", timeout: "1 second" })
+        yield* TestClock.adjust("10 seconds")
+        assert.deepStrictEqual(plain(yield* monitor.lastHealthCheck), {
+          status: "unhealthy",
+          responseTime: undefined,
+          timestamp: 10_000,
+          error: "The probe died: probe bug"
+        })
+        yield* TestClock.adjust(500)
+        assert.deepStrictEqual(started, [0, 10_000, 10_250, 10_500])
+        assert.strictEqual(yield* statusOf(monitor), "healthy")
       }).pipe(Effect.scoped)
     )
 
