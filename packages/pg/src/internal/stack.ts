@@ -13,24 +13,17 @@
 // - a rejection by the open breaker reuses the error built for the same
 //   `retryAfter`, instead of building three error objects with stacks.
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
-import { Breaker, type DatabaseMetrics, type Profile, Retry } from "@sturdy/resilience"
-import { Cause, Clock, Duration, Effect, Exit, type Fiber, Schedule, type Scope, Stream } from "effect"
+import type { Breaker, DatabaseMetrics, Profile } from "@sturdy/resilience"
+import { Cause, Clock, Duration, Effect, Exit, type Fiber, type Scope, Stream } from "effect"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import type * as StatementStats from "../StatementStats.ts"
 import { Call } from "./call.ts"
-import {
-  attemptTimeout,
-  breakerOutcome,
-  decide,
-  isCircuitOpen,
-  type Policy,
-  reasonOf,
-  shouldRetry
-} from "./classify.ts"
+import { attemptTimeout, breakerOutcome, decide, isCircuitOpen, type Policy, reasonOf } from "./classify.ts"
 import { WatchedConnection } from "./connection.ts"
 import { Rejections } from "./rejections.ts"
+import { logFailed, logRecovered, RetryPolicy } from "./retry.ts"
 import { destroySocket, isStaleConnection, type Sessions, type StaleConnection, staleConnection } from "./sessions.ts"
 import { Slots } from "./slots.ts"
 import { sqlOf } from "./statementText.ts"
@@ -277,68 +270,15 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   // --- The retry, built only after a failure --------------------------------------------------------------------
 
-  const retryable = (failure: unknown) => shouldRetry(failure, options.whenCircuitOpen)
-  // Calls waiting after a rejection, woken when the breaker closes.
-  const closedWaiters = new Set<() => void>()
-  const untilClosed = Effect.callback<void>((resume) => {
-    const wake = () => resume(Effect.void)
-    closedWaiters.add(wake)
-    return Effect.sync(() => {
-      closedWaiters.delete(wake)
-    })
-  })
+  const retrying = new RetryPolicy(profile, options.whenCircuitOpen)
+  // Calls waiting after a rejection retry as soon as the breaker closes.
   yield* Effect.forkScoped(
     Stream.runForEach(breaker.transitions, (transition) =>
-      transition.to === "Closed"
-        ? Effect.sync(() => {
-            const waiters = [...closedWaiters]
-            closedWaiters.clear()
-            for (const wake of waiters) wake()
-          })
-        : Effect.void
+      transition.to === "Closed" ? Effect.sync(() => retrying.closed()) : Effect.void
     ),
     { startImmediately: true }
   )
-  /** A rejected first attempt has no retry to wait for: fail-fast, or no retries at all. */
-  const rejectionEndsTheCall = options.whenCircuitOpen === "fail-fast" || profile.retriesAfterFirst === 0
-  const policy = Retry.schedule(
-    { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
-    retryable
-  ).pipe(
-    Schedule.tap((meta) =>
-      Effect.logWarning("Retrying a failed database call").pipe(
-        Effect.annotateLogs({
-          "sturdy.event": "retry",
-          "sturdy.reason": isCircuitOpen(meta.input)
-            ? "CircuitOpen"
-            : (meta.input as PgFailure.TransientError).reason._tag,
-          "sturdy.phase": isCircuitOpen(meta.input)
-            ? "connect"
-            : PgFailure.phaseOf((meta.input as PgFailure.TransientError).reason),
-          "sturdy.attempt": meta.attempt + 1,
-          "sturdy.attempts": profile.retriesAfterFirst + 1,
-          "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
-        })
-      )
-    ),
-    // A rejected attempt waits its own backoff, not the breaker's `retryAfter`, so a call's time stays bounded by
-    // its schedule however long the open duration has grown; and it stops waiting when the breaker closes (the
-    // health monitor closes it as soon as the server answers), to retry at once.
-    Schedule.modifyDelay((meta) =>
-      isCircuitOpen(meta.input)
-        ? Effect.as(Effect.raceFirst(Effect.sleep(meta.duration), untilClosed), Duration.zero)
-        : Effect.succeed(meta.duration)
-    )
-  )
-
-  const recovered = (operation: string, call: Call) =>
-    Effect.logInfo("A database call recovered").pipe(
-      Effect.annotateLogs({
-        "sturdy.event": "recovered",
-        "sturdy.operation": operation,
-        "sturdy.attempts": call.attempts
-      })
-    )
+  const { rejectionEndsTheCall, retryable } = retrying
 
   const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
     if (failure._tag === "OutcomeUnknown") recorder.outcomeUnknown++
@@ -347,18 +287,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       return Effect.fail(rejections.sqlError(failure, operation))
     }
     return Effect.andThen(
-      Effect.annotateLogs(Effect.logError("A database call failed"), {
-        "sturdy.event": "failed",
-        "sturdy.operation": operation,
-        "sturdy.error": failure._tag,
-        "sturdy.reason":
-          failure._tag === "CommitOutcomeUnknown"
-            ? "CommitOutcomeUnknown"
-            : failure._tag === "ConfigurationRefused"
-              ? failure.refusal
-              : failure.reason._tag,
-        "sturdy.attempts": call.attempts
-      }),
+      logFailed(operation, failure, call.attempts),
       Effect.fail(PgFailure.toSqlError(failure, operation))
     )
   }
@@ -384,7 +313,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       recorder.latency.record(millis)
       options.statements.record(call.sql, millis, undefined)
     }
-    return call.attempts > 1 ? Effect.as(recovered(operation, call), value) : Effect.succeed(value)
+    return call.attempts > 1 ? Effect.as(logRecovered(operation, call.attempts), value) : Effect.succeed(value)
   }
 
   /** After the first attempt failed: the retry, if the failure is worth one. */
@@ -402,7 +331,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       replayed = true
       return Effect.fail(first)
     })
-    return Effect.matchEffect(Effect.retry(replay, policy), {
+    return Effect.matchEffect(Effect.retry(replay, retrying.schedule), {
       onSuccess: (value) => succeed(operation, call, counted, value),
       onFailure: (error) => fail<E>(operation, call, counted, error)
     })

@@ -1,0 +1,104 @@
+/**
+ * The retry, built once per client and used only after an attempt failed: the
+ * backoff schedule with a warning per retry, the wait of a rejected call
+ * (which ends early when the breaker closes), and the lines a call logs when
+ * it ends after retries.
+ *
+ * @internal
+ */
+import { type Breaker, type Profile, Retry } from "@sturdy/resilience"
+import { Duration, Effect, Schedule } from "effect"
+import * as PgFailure from "../PgFailure.ts"
+import { isCircuitOpen, shouldRetry } from "./classify.ts"
+
+/** The client's retry: which failures get one, on what schedule, and the calls waiting for the circuit to close. */
+export class RetryPolicy {
+  /** A rejected first attempt has no retry to wait for: fail-fast, or no retries at all. */
+  readonly rejectionEndsTheCall: boolean
+  /** Whether a failure is worth another attempt. */
+  readonly retryable: (failure: unknown) => boolean
+  readonly schedule: Schedule.Schedule<Duration.Duration, unknown>
+  /** Calls waiting after a rejection, woken when the breaker closes. */
+  private readonly closedWaiters = new Set<() => void>()
+  private readonly untilClosed: Effect.Effect<void>
+  constructor(profile: Profile.Profile, whenCircuitOpen: "fail-fast" | "wait-and-retry") {
+    this.rejectionEndsTheCall = whenCircuitOpen === "fail-fast" || profile.retriesAfterFirst === 0
+    this.retryable = (failure) => shouldRetry(failure, whenCircuitOpen)
+    const closedWaiters = this.closedWaiters
+    this.untilClosed = Effect.callback<void>((resume) => {
+      const wake = () => resume(Effect.void)
+      closedWaiters.add(wake)
+      return Effect.sync(() => {
+        closedWaiters.delete(wake)
+      })
+    })
+    this.schedule = Retry.schedule(
+      { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
+      this.retryable
+    ).pipe(
+      Schedule.tap((meta) =>
+        Effect.logWarning("Retrying a failed database call").pipe(
+          Effect.annotateLogs({
+            "sturdy.event": "retry",
+            "sturdy.reason": isCircuitOpen(meta.input)
+              ? "CircuitOpen"
+              : (meta.input as PgFailure.TransientError).reason._tag,
+            "sturdy.phase": isCircuitOpen(meta.input)
+              ? "connect"
+              : PgFailure.phaseOf((meta.input as PgFailure.TransientError).reason),
+            "sturdy.attempt": meta.attempt + 1,
+            "sturdy.attempts": profile.retriesAfterFirst + 1,
+            "sturdy.delayMillis": Math.round(Duration.toMillis(meta.duration))
+          })
+        )
+      ),
+      // A rejected attempt waits its own backoff, not the breaker's `retryAfter`, so a call's time stays bounded by
+      // its schedule however long the open duration has grown; and it stops waiting when the breaker closes (the
+      // health monitor closes it as soon as the server answers), to retry at once.
+      Schedule.modifyDelay((meta) =>
+        isCircuitOpen(meta.input)
+          ? Effect.as(Effect.raceFirst(Effect.sleep(meta.duration), this.untilClosed), Duration.zero)
+          : Effect.succeed(meta.duration)
+      )
+    )
+  }
+  /** Calls waiting after a rejection for the breaker to close. */
+  get waitingForClose(): number {
+    return this.closedWaiters.size
+  }
+  /** The breaker closed: every call waiting after a rejection retries now. */
+  closed(): void {
+    const waiters = [...this.closedWaiters]
+    this.closedWaiters.clear()
+    for (const wake of waiters) wake()
+  }
+}
+
+/** The line a call logs when it succeeded after retries. */
+export const logRecovered = (operation: string, attempts: number) =>
+  Effect.logInfo("A database call recovered").pipe(
+    Effect.annotateLogs({
+      "sturdy.event": "recovered",
+      "sturdy.operation": operation,
+      "sturdy.attempts": attempts
+    })
+  )
+
+/** The line a call logs when it failed with a policy failure (a rejection logs none: the breaker is doing its job). */
+export const logFailed = (
+  operation: string,
+  failure: Exclude<PgFailure.PolicyFailure, Breaker.CircuitOpen>,
+  attempts: number
+) =>
+  Effect.annotateLogs(Effect.logError("A database call failed"), {
+    "sturdy.event": "failed",
+    "sturdy.operation": operation,
+    "sturdy.error": failure._tag,
+    "sturdy.reason":
+      failure._tag === "CommitOutcomeUnknown"
+        ? "CommitOutcomeUnknown"
+        : failure._tag === "ConfigurationRefused"
+          ? failure.refusal
+          : failure.reason._tag,
+    "sturdy.attempts": attempts
+  })
