@@ -254,11 +254,11 @@ export const run = (
     return yield* Effect.forEach(clients, (client) =>
       Effect.gen(function* () {
         const calls = records.filter((call) => call.workload === client.workload.name)
-        const acknowledged = new Set(calls.filter((call) => call.outcome === "ok").map((call) => call.id))
+        const acknowledged = new Set(calls.filter((call) => call.ended === "ok").map((call) => call.id))
         const attempted = new Set(calls.map((call) => call.id))
         const { lost, duplicated } = yield* client.workload.verify(verify, acknowledged, attempted)
         const failures: Record<string, number> = {}
-        for (const call of calls) if (call.outcome !== "ok") failures[call.outcome] = (failures[call.outcome] ?? 0) + 1
+        for (const call of calls) if (call.ended !== "ok") failures[call.ended] = (failures[call.ended] ?? 0) + 1
         const readAfterLift = fault.route === "unresolvable" ? true : yield* readSucceeds(client.sql)
         // Behind PgBouncer the server's sessions are the pooler's (it keeps its own pool): count the client's sockets.
         const connectionsAfter =
@@ -277,7 +277,7 @@ export const run = (
           duplicated,
           slowestMillis: Math.max(0, ...calls.map((call) => call.millis)),
           overBound: calls.filter((call) => call.millis > boundFor(client.workload)).length,
-          defects: calls.filter((call) => call.outcome.startsWith("Defect") || call.outcome === "Hung").length,
+          defects: calls.filter((call) => call.ended.startsWith("Defect") || call.ended === "Hung").length,
           connectionsAfter,
           readAfterLift
         } satisfies Row

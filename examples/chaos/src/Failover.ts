@@ -105,9 +105,9 @@ export const run = (
       SELECT client_id::text AS id, count(*)::int AS n FROM chaos_inserts GROUP BY client_id`
     const counts = new Map(rows.map((row) => [row.id, row.n]))
     const side = (mine: ReadonlyArray<Runner.CallRecord>, myReads: ReadonlyArray<Runner.CallRecord>): Side => {
-      const acknowledged = mine.filter((r) => r.outcome === "ok")
+      const acknowledged = mine.filter((r) => r.ended === "ok")
       const failuresByReason: Record<string, number> = {}
-      for (const r of mine) if (r.outcome !== "ok") failuresByReason[r.outcome] = (failuresByReason[r.outcome] ?? 0) + 1
+      for (const r of mine) if (r.ended !== "ok") failuresByReason[r.ended] = (failuresByReason[r.ended] ?? 0) + 1
       const firstAck = acknowledged
         .filter((r) => r.startedAt + r.millis >= promotedAt)
         .map((r) => r.startedAt + r.millis)
@@ -121,9 +121,9 @@ export const run = (
         duplicated: mine.reduce((n, r) => n + Math.max(0, (counts.get(r.id) ?? 0) - 1), 0),
         reads: myReads.length,
         readFailuresByReason: Object.fromEntries(
-          [...new Set(myReads.filter((r) => r.outcome !== "ok").map((r) => r.outcome))].map((outcome) => [
-            outcome,
-            myReads.filter((r) => r.outcome === outcome).length
+          [...new Set(myReads.filter((r) => r.ended !== "ok").map((r) => r.ended))].map((ended) => [
+            ended,
+            myReads.filter((r) => r.ended === ended).length
           ])
         )
       }

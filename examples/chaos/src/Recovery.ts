@@ -55,14 +55,14 @@ const percentile = (sorted: ReadonlyArray<number>, q: number) =>
 
 const side = (records: ReadonlyArray<Runner.CallRecord>, stoppedAt: number, acceptedAt: number): Side => {
   const failuresByReason: Record<string, number> = {}
-  for (const r of records) if (r.outcome !== "ok") failuresByReason[r.outcome] = (failuresByReason[r.outcome] ?? 0) + 1
+  for (const r of records) if (r.ended !== "ok") failuresByReason[r.ended] = (failuresByReason[r.ended] ?? 0) + 1
   const firstEnd = records
-    .filter((r) => r.outcome === "ok" && r.startedAt >= stoppedAt)
+    .filter((r) => r.ended === "ok" && r.startedAt >= stoppedAt)
     .map((r) => r.startedAt + r.millis)
     .sort((a, b) => a - b)[0]
   return {
     calls: records.length,
-    failed: records.filter((r) => r.outcome !== "ok").length,
+    failed: records.filter((r) => r.ended !== "ok").length,
     failuresByReason,
     firstSuccessAfterMillis: firstEnd === undefined ? undefined : Math.max(0, firstEnd - acceptedAt),
     p99Millis: percentile(

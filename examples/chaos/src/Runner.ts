@@ -14,7 +14,7 @@ import type { Workload } from "./Workload.ts"
  * `CircuitOpen`, `SqlError:ConnectionError`...), `Hung` when it outlived the
  * runner's deadline, `Defect:...` for a defect.
  */
-export type Outcome = string
+export type Ending = string
 
 export interface CallRecord {
   readonly workload: Workload["name"]
@@ -22,11 +22,11 @@ export interface CallRecord {
   /** `performance.now()` at the start. */
   readonly startedAt: number
   readonly millis: number
-  readonly outcome: Outcome
+  readonly ended: Ending
 }
 
 /** The name a caller would match a failure on. */
-export const outcomeOf = (exit: Exit.Exit<unknown, unknown>): Outcome => {
+export const endingOf = (exit: Exit.Exit<unknown, unknown>): Ending => {
   if (Exit.isSuccess(exit)) return "ok"
   const failure = exit.cause.reasons.find(Cause.isFailReason)
   if (failure !== undefined) {
@@ -60,13 +60,13 @@ const callOnce = (options: CallOptions) =>
       )
     ).pipe(
       Effect.map((exit) => {
-        const outcome = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : outcomeOf(exit)
+        const ended = Exit.isSuccess(exit) && Option.isNone(exit.value) ? "Hung" : endingOf(exit)
         options.record({
           workload: options.workload.name,
           id,
           startedAt,
           millis: performance.now() - startedAt,
-          outcome
+          ended
         })
       })
     )

@@ -270,7 +270,7 @@ const runOnce = (
       Effect.repeat(
         Effect.gen(function* () {
           const elapsed = (performance.now() - started) / totalMillis
-          const ok = records.filter((r) => r.outcome === "ok").length
+          const ok = records.filter((r) => r.ended === "ok").length
           const failed = records.length - ok
           const latencies = records
             .slice(-500)
@@ -292,11 +292,11 @@ const runOnce = (
     yield* Fiber.interrupt(ticker)
     if (tty) yield* write("\n")
 
-    const ok = records.filter((r) => r.outcome === "ok")
+    const ok = records.filter((r) => r.ended === "ok")
     const writes = (workload: Workload.Workload) => {
       const mine = records.filter((r) => kindOf(r.id) === workload.name)
       return {
-        acknowledged: new Set(mine.filter((r) => r.outcome === "ok").map((r) => r.id)),
+        acknowledged: new Set(mine.filter((r) => r.ended === "ok").map((r) => r.id)),
         attempted: new Set(mine.map((r) => r.id))
       }
     }
@@ -309,8 +309,7 @@ const runOnce = (
       duplicated += checked.duplicated
     }
     const failuresByReason: Record<string, number> = {}
-    for (const r of records)
-      if (r.outcome !== "ok") failuresByReason[r.outcome] = (failuresByReason[r.outcome] ?? 0) + 1
+    for (const r of records) if (r.ended !== "ok") failuresByReason[r.ended] = (failuresByReason[r.ended] ?? 0) + 1
     const firstAfterReturn =
       returnedAt === undefined
         ? undefined

@@ -182,14 +182,14 @@ describe("failover on a real primary + synchronous standby", () => {
               const exit = yield* Effect.exit(
                 ResilientPg.unwrapFailures(sql`INSERT INTO stale_endpoint (id) VALUES (${id}::uuid)`)
               )
-              const reason = Exit.isSuccess(exit) ? "ok" : Runner.outcomeOf(exit)
+              const reason = Exit.isSuccess(exit) ? "ok" : Runner.endingOf(exit)
               const code = Exit.isFailure(exit) ? JSON.stringify(exit.cause).includes("25006") : false
               records.push({
                 workload: "inserts",
                 id,
                 startedAt,
                 millis: performance.now() - startedAt,
-                outcome: reason,
+                ended: reason,
                 reason: code ? "25006" : reason
               })
             })
@@ -207,11 +207,11 @@ describe("failover on a real primary + synchronous standby", () => {
           yield* Effect.sleep("12 seconds")
           const late = records.filter((r) => r.startedAt > repointedAt + 1000)
           process.stdout.write(
-            `stale endpoint: ${late.length} writes started 1 s or more after the repoint, ${late.filter((r) => r.outcome === "ok").length} acknowledged, ${late.filter((r) => r.reason === "25006").length} ended in 25006\n`
+            `stale endpoint: ${late.length} writes started 1 s or more after the repoint, ${late.filter((r) => r.ended === "ok").length} acknowledged, ${late.filter((r) => r.reason === "25006").length} ended in 25006\n`
           )
           assert.isAbove(late.length, 30)
           assert.strictEqual(late.filter((r) => r.reason === "25006").length, 0)
-          assert.strictEqual(late.filter((r) => r.outcome !== "ok").length, 0)
+          assert.strictEqual(late.filter((r) => r.ended !== "ok").length, 0)
         }).pipe(
           Effect.provide(
             ResilientPg.layer({
