@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Call, InFlight } from "../src/internal/stack.ts"
+import { Call, InFlight } from "../../src/internal/call.ts"
 
 const order = (list: InFlight) => {
   const out: Array<number> = []

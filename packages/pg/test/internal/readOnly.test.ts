@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { isReadOnly } from "../src/internal/readOnly.ts"
+import { isReadOnly } from "../../src/internal/readOnly.ts"
 
 const cases = [
   ["SELECT 1", true],
