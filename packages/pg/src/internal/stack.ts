@@ -1,17 +1,25 @@
-// The policy stack around every statement: retry -> breaker -> attempt
-// deadline -> acquire + execute, built so that a call that succeeds at once
-// pays for as little as possible (issue 5: at most 1 µs added per call).
-//
-// What the success path costs, and what it avoids:
-// - no fiber and no timer per call: the attempt deadline is enforced by one
-//   watchdog per client (below), plus the server-side statement_timeout and
-//   the driver's connect timeout; only an attempt that starts while the pool
-//   is saturated (it would wait for a connection) pays for Effect.timeout;
-// - no schedule until an attempt fails (the retry is built lazily);
-// - the in-process breaker is read and written synchronously;
-// - counters are plain fields (DatabaseMetrics.Recorder);
-// - a rejection by the open breaker reuses the error built for the same
-//   `retryAfter`, instead of building three error objects with stacks.
+/**
+ * The policy stack around every statement: retry -> breaker -> attempt
+ * deadline -> acquire + execute, composed here from the parts in this folder,
+ * so that a call that succeeds at once pays for as little as possible (the
+ * budget is about 1 µs added per call).
+ *
+ * What the success path costs, and what it avoids:
+ * - no fiber and no timer per call: the attempt deadline is enforced by one
+ *   watchdog per client (`watchdog.ts`), plus the server-side
+ *   statement_timeout and the driver's connect timeout; a statement that
+ *   finds every slot taken parks (`slots.ts`) and the same watchdog wakes it
+ *   (only acquiring a connection that outlives one statement pays for
+ *   Effect.timeout);
+ * - no schedule until an attempt fails (the retry is built lazily);
+ * - the in-process breaker is read and written synchronously;
+ * - counters are plain fields (DatabaseMetrics.Recorder);
+ * - a rejection by the open breaker reuses the error built for the same
+ *   `retryAfter` (`rejections.ts`), instead of building three error objects
+ *   with stacks.
+ *
+ * @internal
+ */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import type { Breaker, DatabaseMetrics, Profile } from "@sturdy/resilience"
 import { Cause, Clock, Duration, Effect, Exit, type Fiber, type Scope, Stream } from "effect"
@@ -20,7 +28,15 @@ import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import type * as StatementStats from "../StatementStats.ts"
 import { Call } from "./call.ts"
-import { attemptTimeout, breakerOutcome, decide, isCircuitOpen, type Policy, reasonOf } from "./classify.ts"
+import {
+  attemptTimeout,
+  breakerOutcome,
+  decide,
+  type Idempotency,
+  isCircuitOpen,
+  type Policy,
+  reasonOf
+} from "./classify.ts"
 import { WatchedConnection } from "./connection.ts"
 import { Rejections } from "./rejections.ts"
 import { logFailed, logRecovered, RetryPolicy } from "./retry.ts"
@@ -59,7 +75,7 @@ export interface Options {
   /** What the client's sessions share (prepared statements, retirement, what follows `BEGIN`). */
   readonly sessions: Sessions
   /** Reads the caller's idempotency marking (a `Context.Reference`) from its fiber. */
-  readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => "auto" | "idempotent" | "not-idempotent"
+  readonly idempotency: (fiber: Fiber.Fiber<unknown, unknown>) => Idempotency
 }
 
 export interface Stack {
