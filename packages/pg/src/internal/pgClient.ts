@@ -1,8 +1,10 @@
 /**
  * The `PgClient` service assembled around Sturdy's acquirers.
  *
- * This mirrors `makeImpl` in `@effect/sql-pg@4.0.5`, `src/PgClient.ts` lines
- * 218-281 (not exported there), and `validateChannelName` with its message.
+ * This mirrors, in `@effect/sql-pg@4.0.5`: `makeImpl` (`src/PgClient.ts`
+ * lines 218-281), `commit` (lines 344-359) and `validateChannelName`
+ * (`src/internal/sqlError.ts`), none of them exported there, with their
+ * messages.
  * Sturdy differs in what it passes in, never in what it builds: its own
  * acquirers, borrower and commit (the policies and in-doubt COMMIT), and
  * `isTransaction`, so a transaction whose session was lost is not rolled back
@@ -32,6 +34,22 @@ const channelNameError = (channel: string, operation: string): SqlError | undefi
   const message = "PostgreSQL channel names must not exceed 63 UTF-8 bytes"
   return new SqlError({ reason: new UnknownError({ cause: new Error(message), message, operation }) })
 }
+
+/** PgClient's COMMIT: PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`. */
+export const commit = (conn: Connection): Effect.Effect<void, SqlError> =>
+  Effect.flatMap(conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
+    result.command === "ROLLBACK"
+      ? Effect.fail(
+          new SqlError({
+            reason: new UnknownError({
+              cause: new Error("COMMIT rolled back an aborted transaction"),
+              message: "PgClient: COMMIT rolled back an aborted transaction",
+              operation: "commit"
+            })
+          })
+        )
+      : Effect.void
+  )
 
 /** What Sturdy hands to the assembly. */
 export interface Parts {

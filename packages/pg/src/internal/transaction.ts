@@ -9,11 +9,12 @@ import { Retry } from "@sturdy/resilience"
 import { Clock, Context, Data, Duration, Effect, Predicate, Schedule } from "effect"
 import * as SqlClient from "effect/sql/SqlClient"
 import type { Connection } from "effect/sql/SqlConnection"
-import { SqlError, UnknownError } from "effect/sql/SqlError"
+import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import { ResilientPg, type TransactionCounters, type TransactionOptions } from "../ResilientPg.ts"
 import { Idempotency } from "./idempotency.ts"
 import { positiveDuration } from "./options.ts"
+import { commit as plainCommit } from "./pgClient.ts"
 
 /** A failure after which the whole transaction may run again; never leaves `withTransaction`. */
 class RetryTransaction extends Data.TaggedError("RetryTransaction")<{
@@ -142,22 +143,6 @@ export const withTransaction = <A, E, R>(
       })
     ) as Effect.Effect<A, E | SqlError | PgFailure.PolicyFailure | PgFailure.TransactionTimeout, R>
   })
-
-/** PostgreSQL answers `COMMIT` of an aborted transaction with `ROLLBACK`; PgClient's own check. */
-const plainCommit = (conn: Connection): Effect.Effect<void, SqlError> =>
-  Effect.flatMap(conn.executeRaw("COMMIT", []) as Effect.Effect<PgConnection.Result, SqlError>, (result) =>
-    result.command === "ROLLBACK"
-      ? Effect.fail(
-          new SqlError({
-            reason: new UnknownError({
-              cause: new Error("COMMIT rolled back an aborted transaction"),
-              message: "PgClient: COMMIT rolled back an aborted transaction",
-              operation: "commit"
-            })
-          })
-        )
-      : Effect.void
-  )
 
 /**
  * The client's COMMIT: PgClient's own, plus, inside `withTransaction`, the
