@@ -372,7 +372,7 @@ export const make = Effect.fnUntraced(function* (
   const sentPhaseRetry = options.sentPhaseRetry ?? "safe"
   const statementTimeout = Options_.statementTimeoutMillis(options, profile)
   const statementTimeoutVia = options.statementTimeoutVia ?? "transaction"
-  const key = Options_.databaseKey(target, options)
+  const key = Options_.databaseKey(target)
   const maxConnections = options.maxConnections ?? 10
 
   yield* Logs.configuration({

@@ -107,5 +107,8 @@ export const targetOf = (options: Options): Result.Result<Target.Target, Target.
 }
 
 /** The breaker's key: one circuit per database, never the credentials. */
-export const databaseKey = (target: Target.Target, options: Options): string =>
-  `${target.hosts.map((h) => `${h.host}:${h.port}`).join(",")}/${target.database ?? options.username ?? "postgres"}`
+export const databaseKey = (target: Target.Target): string =>
+  `${target.hosts.map((h) => `${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`).join(",")}/${
+    // PostgreSQL's own default: the database named after the user, from the URL or from code.
+    target.database ?? target.username ?? "postgres"
+  }`

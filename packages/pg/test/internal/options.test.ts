@@ -258,7 +258,7 @@ describe("targetOf", () => {
 })
 
 describe("databaseKey", () => {
-  const key = (options: ResilientPg.Options) => databaseKey(success(targetOf(options)), options)
+  const key = (options: ResilientPg.Options) => databaseKey(success(targetOf(options)))
 
   it("host:port of every host, then the database", () => {
     assert.strictEqual(key({ url: Redacted.make("postgres://u@h1:5433,h2/notes") }), "h1:5433,h2:5432/notes")
@@ -266,9 +266,14 @@ describe("databaseKey", () => {
     assert.strictEqual(key({ host: "db", database: "notes" }), "db:5432/notes")
   })
 
-  it("without a database: the username given in code, else postgres", () => {
+  it("without a database: the user's name (PostgreSQL's default), from code or from the URL, else postgres", () => {
     assert.strictEqual(key({ host: "db", username: "app" }), "db:5432/app")
+    assert.strictEqual(key({ url: Redacted.make("postgres://app@db/") }), "db:5432/app")
     assert.strictEqual(key({}), "localhost:5432/postgres")
+  })
+
+  it("an IPv6 host is bracketed, so its port stays readable", () => {
+    assert.strictEqual(key({ url: Redacted.make("postgres://u@[::1]:5433/d") }), "[::1]:5433/d")
   })
 
   it("never holds the credentials", () => {
