@@ -459,7 +459,7 @@ export const make = Effect.fnUntraced(function* (
   })
   sockets.gate = stack.connectionGate
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
-    new Stack.SqlConnection(connection, undefined, sessions)
+    new Stack.WatchedConnection(connection, undefined, sessions)
   // As for statements (stack.ts): once the server behind the connections changed, one from before is retired.
   const fresh = (
     checkout: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>
@@ -506,7 +506,7 @@ export const make = Effect.fnUntraced(function* (
     transactionAcquirer: Effect.map(reserve, toSqlConnection),
     listenAcquirer: reserve,
     commit: Transaction.makeCommit(transactions, transactionStatus),
-    isTransaction: (connection) => !(connection as Stack.SqlConnection).broken
+    isTransaction: (connection) => !(connection as Stack.WatchedConnection).broken
   })
 
   const health = yield* Health.make({

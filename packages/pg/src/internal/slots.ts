@@ -23,8 +23,11 @@ export class Slots {
   /** Parked calls from `head` on; a call that stopped waiting stays until its turn comes, and is skipped then. */
   private readonly parked: Array<Call> = []
   private head = 0
-  constructor(capacity: number) {
+  /** The failure of a call whose deadline passed while it was parked. */
+  private readonly timeoutOf: (call: Call) => Transient.AttemptTimeout
+  constructor(capacity: number, timeoutOf: (call: Call) => Transient.AttemptTimeout) {
     this.capacity = capacity
+    this.timeoutOf = timeoutOf
   }
   /**
    * Takes a slot for `call`: `undefined` when one was free, else the wait,
@@ -40,6 +43,10 @@ export class Slots {
     call.parked = true
     this.parked.push(call)
     return Effect.callback<void, Transient.AttemptTimeout>((resume) => {
+      // The wait may start after the call was already answered (the scheduler can run a release or the
+      // watchdog in between): a slot handed over, or the deadline passed. Either answer stands.
+      if (call.slot) return resume(Effect.void)
+      if (!call.parked) return resume(Effect.fail(this.timeoutOf(call)))
       call.resume = resume
       return Effect.sync(() => {
         call.parked = false

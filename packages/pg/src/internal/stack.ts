@@ -48,10 +48,6 @@ import { Watchdog } from "./watchdog.ts"
 export { Call, InFlight } from "./call.ts"
 export { internalsOf, Sessions } from "./sessions.ts"
 export { WatchedConnection } from "./connection.ts"
-/** @deprecated The old name of `WatchedConnection`, which shadowed effect's `SqlConnection`. */
-export const SqlConnection = WatchedConnection
-/** @deprecated The old name of `WatchedConnection`, which shadowed effect's `SqlConnection`. */
-export type SqlConnection = WatchedConnection
 
 /** What the stack needs of a pool: `PgPool`, or a fake one in benchmarks. */
 export interface PoolLike {
@@ -97,12 +93,12 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const clock = yield* Clock.Clock
   const context = yield* Effect.context<never>()
   const runFork = Effect.runForkWith(context)
-  const slots = new Slots(options.maxConnections * options.statementsPerConnection)
 
   // --- Classification ---------------------------------------------------------------------------------------------
 
   const classifying: Policy = { sentPhaseRetry: options.sentPhaseRetry, attemptTimeout: profile.attemptTimeout }
   const timeoutOf = (call: Call) => attemptTimeout(call, profile.attemptTimeout)
+  const slots = new Slots(options.maxConnections * options.statementsPerConnection, timeoutOf)
   /** What the breaker is told of a failure; the recorder keeps the run of consecutive failures it makes. */
   const toBreaker = (failure: unknown): Breaker.Outcome => {
     const outcome = breakerOutcome(failure)

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Transient } from "@sturdy/resilience"
+import { Duration, Effect, Fiber } from "effect"
 import { Call } from "../../src/internal/call.ts"
 import { Slots } from "../../src/internal/slots.ts"
 
@@ -18,9 +19,11 @@ const take = (slots: Slots, call: Call, woken: Array<number>) => {
   )
 }
 
+const timeoutOf = () => new Transient.AttemptTimeout({ phase: "connect", timeout: Duration.seconds(1) })
+
 describe("Slots", () => {
   it("hands free slots out at once, then parks calls and gives each freed slot to the first still parked", () => {
-    const slots = new Slots(2)
+    const slots = new Slots(2, timeoutOf)
     const woken: Array<number> = []
     const [a, b, c, d, e] = [1, 2, 3, 4, 5].map((n) => new Call(n)) as [Call, Call, Call, Call, Call]
     const taken = [a, b, c, d, e].map((call) => (take(slots, call, woken) === "now" ? "now" : "parked"))
@@ -52,7 +55,7 @@ describe("Slots", () => {
   })
 
   it("skips a call that stopped waiting: interrupted, or woken by its deadline", () => {
-    const slots = new Slots(1)
+    const slots = new Slots(1, timeoutOf)
     const woken: Array<number> = []
     const [holder, interrupted, timedOut, next] = [1, 2, 3, 4].map((n) => new Call(n)) as [Call, Call, Call, Call]
     take(slots, holder, woken)
@@ -68,7 +71,7 @@ describe("Slots", () => {
   })
 
   it("a call without a slot gives nothing back, and a slot is given back once", () => {
-    const slots = new Slots(1)
+    const slots = new Slots(1, timeoutOf)
     const woken: Array<number> = []
     const [holder, parked, stranger] = [1, 2, 3].map((n) => new Call(n)) as [Call, Call, Call]
     take(slots, holder, woken)
@@ -81,7 +84,7 @@ describe("Slots", () => {
   })
 
   it("keeps arrival order across the queue's compaction, with calls parking while others are woken", () => {
-    const slots = new Slots(1)
+    const slots = new Slots(1, timeoutOf)
     const woken: Array<number> = []
     const holder = new Call(-1)
     take(slots, holder, woken)
@@ -104,5 +107,21 @@ describe("Slots", () => {
       Array.from({ length: 4000 }, (_, n) => n)
     )
     assert.strictEqual(slots.active, 0)
+  })
+
+  it("a wait that starts after its call was answered keeps the answer: the slot handed over, or the deadline", () => {
+    const slots = new Slots(1, timeoutOf)
+    const [holder, handed, expired] = [1, 2, 3].map((n) => new Call(n)) as [Call, Call, Call]
+    assert.isUndefined(slots.take(holder))
+    // Both waits are built, and answered, before they run: a release and the watchdog get there first.
+    const handedWait = slots.take(handed)!
+    const expiredWait = slots.take(expired)!
+    slots.release(holder)
+    expired.parked = false // what the watchdog does at the deadline of a call with no resume yet
+    // Synchronously: a wait left for a resume nobody will call would make runSync throw.
+    assert.isUndefined(Effect.runSync(handedWait))
+    const failed = Effect.runSync(Effect.flip(expiredWait))
+    assert.strictEqual(failed._tag, "AttemptTimeout")
+    assert.deepStrictEqual([handed.slot, slots.active, expired.slot], [true, 1, false])
   })
 })
