@@ -334,15 +334,3 @@ export const openDuration = (profile: Profile): Duration.Duration | Schedule.Sch
   if (Schedule.isSchedule(first) || Duration.equals(first, profile.breakerOpenDurationMax)) return first
   return Breaker.exponentialOpenDuration({ from: first, max: profile.breakerOpenDurationMax })
 }
-
-/**
- * The delays of a profile's retry schedule, for `Retry.backoff`.
- *
- * @since 0.1.0
- * @category accessors
- */
-export const backoffOptions = (profile: Profile) => ({
-  retriesAfterFirst: profile.retriesAfterFirst,
-  base: profile.backoffBase,
-  jitter: profile.backoffJitter
-})

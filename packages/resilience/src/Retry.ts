@@ -35,22 +35,22 @@ export interface BackoffOptions {
   /** Retries after the first attempt: an integer >= 0. */
   readonly retriesAfterFirst: number
   /** The first delay; each following one doubles. */
-  readonly base: Duration.Input
+  readonly backoffBase: Duration.Input
   /** The upper bound (exclusive) of the uniform random delay added to each delay. */
-  readonly jitter: Duration.Input
+  readonly backoffJitter: Duration.Input
 }
 
 const validate = (fn: string, options: BackoffOptions) => {
   if (!Number.isInteger(options.retriesAfterFirst) || options.retriesAfterFirst < 0) {
     throw new RangeError(`${fn}: retriesAfterFirst must be an integer >= 0, got ${options.retriesAfterFirst}`)
   }
-  const base = Duration.fromInputUnsafe(options.base)
-  const jitter = Duration.fromInputUnsafe(options.jitter)
+  const base = Duration.fromInputUnsafe(options.backoffBase)
+  const jitter = Duration.fromInputUnsafe(options.backoffJitter)
   if (!(Duration.toMillis(base) > 0) || !Duration.isFinite(base)) {
-    throw new RangeError(`${fn}: base must be a positive finite duration, got ${Duration.format(base)}`)
+    throw new RangeError(`${fn}: backoffBase must be a positive finite duration, got ${Duration.format(base)}`)
   }
   if (!(Duration.toMillis(jitter) >= 0) || !Duration.isFinite(jitter)) {
-    throw new RangeError(`${fn}: jitter must be a finite duration >= 0, got ${Duration.format(jitter)}`)
+    throw new RangeError(`${fn}: backoffJitter must be a finite duration >= 0, got ${Duration.format(jitter)}`)
   }
   return { base, jitterMillis: Duration.toMillis(jitter) }
 }
@@ -64,7 +64,7 @@ const validate = (fn: string, options: BackoffOptions) => {
  * ```ts
  * import { Retry } from "@sturdy/resilience"
  *
- * const schedule = Retry.backoff({ retriesAfterFirst: 3, base: "1 second", jitter: "1 second" })
+ * const schedule = Retry.backoff({ retriesAfterFirst: 3, backoffBase: "1 second", backoffJitter: "1 second" })
  * // delays: [1000, 2000, 4000] ms, each plus a random [0, 1000) ms
  * ```
  *
@@ -90,7 +90,7 @@ export const backoff = (options: BackoffOptions): Schedule.Schedule<Duration.Dur
  * import { Effect } from "effect"
  *
  * const policy = Retry.schedule(
- *   { retriesAfterFirst: 5, base: "1 second", jitter: "1 second" },
+ *   { retriesAfterFirst: 5, backoffBase: "1 second", backoffJitter: "1 second" },
  *   (error: { readonly isRetryable: boolean }) => error.isRetryable
  * )
  * ```

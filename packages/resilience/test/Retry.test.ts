@@ -49,11 +49,7 @@ const gaps = (times: ReadonlyArray<number>) => times.slice(1).map((time, i) => t
 describe("Retry.backoff", () => {
   it.effect("development: 4 attempts, 1 s, 2 s, 4 s apart plus the jitter drawn", () =>
     Effect.gen(function* () {
-      const { times, exit } = yield* attemptTimes(
-        Profile.backoffOptions(Profile.development),
-        [],
-        jitterSource([0.25, 0.5, 0.999])
-      )
+      const { times, exit } = yield* attemptTimes(Profile.development, [], jitterSource([0.25, 0.5, 0.999]))
       assert.isTrue(Exit.isFailure(exit))
       assert.deepStrictEqual(times, [0, 1250, 1250 + 2500, 1250 + 2500 + 4999])
     })
@@ -61,7 +57,7 @@ describe("Retry.backoff", () => {
 
   it.effect("production: 6 attempts, 1, 2, 4, 8, 16 s apart plus the jitter drawn", () =>
     Effect.gen(function* () {
-      const { times } = yield* attemptTimes(Profile.backoffOptions(Profile.production), [], jitterSource([0]))
+      const { times } = yield* attemptTimes(Profile.production, [], jitterSource([0]))
       assert.deepStrictEqual(gaps(times), [1000, 2000, 4000, 8000, 16000])
     })
   )
@@ -69,7 +65,7 @@ describe("Retry.backoff", () => {
   it.effect("with effect's default random source every gap lies within the jitter bounds", () =>
     Effect.gen(function* () {
       for (const profile of [Profile.development, Profile.production]) {
-        const { times } = yield* attemptTimes(Profile.backoffOptions(profile), [], Random.Random.defaultValue())
+        const { times } = yield* attemptTimes(profile, [], Random.Random.defaultValue())
         assert.strictEqual(times.length, profile.retriesAfterFirst + 1)
         gaps(times).forEach((gap, n) => {
           assert.isAtLeast(gap, 1000 * 2 ** n)
@@ -81,11 +77,7 @@ describe("Retry.backoff", () => {
 
   it.effect("a failure that is not retryable stops at once, attempts remaining or not", () =>
     Effect.gen(function* () {
-      const { times, exit } = yield* attemptTimes(
-        Profile.backoffOptions(Profile.production),
-        ["retryable", "fatal"],
-        jitterSource([0])
-      )
+      const { times, exit } = yield* attemptTimes(Profile.production, ["retryable", "fatal"], jitterSource([0]))
       assert.deepStrictEqual(times, [0, 1000])
       assert.isTrue(
         Exit.isFailure(exit) && Exit.findErrorOption(exit).pipe((o) => o._tag === "Some" && !o.value.retryable)
@@ -95,12 +87,12 @@ describe("Retry.backoff", () => {
 
   it("rejects invalid options with a message naming the function, the rule and the value", () => {
     assert.throws(
-      () => Retry.backoff({ retriesAfterFirst: -1, base: "1 second", jitter: "1 second" }),
+      () => Retry.backoff({ retriesAfterFirst: -1, backoffBase: "1 second", backoffJitter: "1 second" }),
       "Retry.backoff: retriesAfterFirst must be an integer >= 0, got -1"
     )
     assert.throws(
-      () => Retry.backoff({ retriesAfterFirst: 3, base: 0, jitter: "1 second" }),
-      "Retry.backoff: base must be a positive finite duration, got 0"
+      () => Retry.backoff({ retriesAfterFirst: 3, backoffBase: 0, backoffJitter: "1 second" }),
+      "Retry.backoff: backoffBase must be a positive finite duration, got 0"
     )
   })
 
@@ -114,7 +106,7 @@ describe("Retry.backoff", () => {
         fc.array(fc.constantFrom("ok" as const, "retryable" as const, "fatal" as const), { maxLength: 10 }),
         async (retriesAfterFirst, base, jitter, draws, outcomes) => {
           const { times } = await Effect.runPromise(
-            attemptTimes({ retriesAfterFirst, base, jitter }, outcomes, jitterSource(draws))
+            attemptTimes({ retriesAfterFirst, backoffBase: base, backoffJitter: jitter }, outcomes, jitterSource(draws))
           )
           // Durations have nanosecond resolution and times are float sums: allow one nanosecond, nothing more.
           const epsilon = 1e-6
@@ -140,7 +132,7 @@ describe("Retry.backoff", () => {
         fc.array(fc.constantFrom("ok" as const, "retryable" as const, "fatal" as const), { maxLength: 8 }),
         fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 1, maxLength: 8 }),
         async (retriesAfterFirst, outcomes, draws) => {
-          const options = { retriesAfterFirst, base: 100, jitter: 50 }
+          const options = { retriesAfterFirst, backoffBase: 100, backoffJitter: 50 }
           const lazy = await Effect.runPromise(attemptTimes(options, outcomes, jitterSource(draws), "lazy"))
           const eager = await Effect.runPromise(attemptTimes(options, outcomes, jitterSource(draws), "Effect.retry"))
           assert.deepStrictEqual(lazy.times, eager.times)

@@ -85,7 +85,7 @@ const realCall = (breaker: Breaker.Service, c: Config, outcomes: ReadonlyArray<A
     return error._tag === "Some" && error.value.kind !== "fatal" ? "Failure" : "Success"
   }
   const policy = Retry.schedule(
-    { retriesAfterFirst: c.retriesAfterFirst, base: c.baseMillis, jitter: 0 },
+    { retriesAfterFirst: c.retriesAfterFirst, backoffBase: c.baseMillis, backoffJitter: 0 },
     (error: Failed | Breaker.CircuitOpen) => error._tag === "Failed" && error.kind === "transient"
   )
   return Retry.retryOnFailure(breaker.execute("db", attempt, outcome), policy).pipe(

@@ -32,10 +32,7 @@ export class RetryPolicy {
         closedWaiters.delete(wake)
       })
     })
-    this.schedule = Retry.schedule(
-      { retriesAfterFirst: profile.retriesAfterFirst, base: profile.backoffBase, jitter: profile.backoffJitter },
-      this.retryable
-    ).pipe(
+    this.schedule = Retry.schedule(profile, this.retryable).pipe(
       Schedule.tap((meta) =>
         Effect.logWarning("Retrying a failed database call").pipe(
           Effect.annotateLogs({

@@ -115,7 +115,11 @@ export const withTransaction = <A, E, R>(
 
     const isRetry = (failure: unknown): failure is RetryTransaction => Predicate.isTagged(failure, "RetryTransaction")
     const policy = Retry.schedule(
-      { retriesAfterFirst, base: options.backoffBase ?? "50 millis", jitter: options.backoffJitter ?? "50 millis" },
+      {
+        retriesAfterFirst,
+        backoffBase: options.backoffBase ?? "50 millis",
+        backoffJitter: options.backoffJitter ?? "50 millis"
+      },
       isRetry
     ).pipe(
       Schedule.tap((meta) => {
