@@ -31,7 +31,7 @@ export const endingOf = (exit: Exit.Exit<unknown, unknown>): Ending => {
   const failure = exit.cause.reasons.find(Cause.isFailReason)
   if (failure !== undefined) {
     const error = failure.error as { readonly _tag?: string; readonly reason?: { readonly _tag?: string } }
-    if (error._tag === "CircuitOpen") return "CircuitOpen"
+    if (error._tag === "CircuitOpen" || error._tag === "CircuitHalfOpen") return error._tag
     return error.reason?._tag === undefined ? String(error._tag) : `${error._tag}:${error.reason._tag}`
   }
   const defect = exit.cause.reasons.find(Cause.isDieReason)

@@ -72,9 +72,18 @@ const respondTo = <E, R>(
             json({ error: "database unavailable", retryAfterSeconds: seconds }, 503, { "retry-after": `${seconds}` })
           )
         }
-        if (error._tag === "TransientError") {
+        if (error._tag === "CircuitHalfOpen" || error._tag === "TransientError") {
           return Effect.succeed(
-            json({ error: "database unavailable", reason: error.reason._tag }, 503, { "retry-after": "1" })
+            json(
+              {
+                error: "database unavailable",
+                reason: error._tag === "TransientError" ? error.reason._tag : error._tag
+              },
+              503,
+              {
+                "retry-after": "1"
+              }
+            )
           )
         }
       }

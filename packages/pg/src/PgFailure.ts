@@ -590,6 +590,7 @@ export type PolicyFailure =
   | TransientError
   | OutcomeUnknown
   | Breaker.CircuitOpen
+  | Breaker.CircuitHalfOpen
   | CommitOutcomeUnknown
   | ConfigurationRefused
 
@@ -636,6 +637,7 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
   Predicate.isTagged(u, "TransientError") ||
   Predicate.isTagged(u, "OutcomeUnknown") ||
   Predicate.isTagged(u, "CircuitOpen") ||
+  Predicate.isTagged(u, "CircuitHalfOpen") ||
   Predicate.isTagged(u, "CommitOutcomeUnknown") ||
   Predicate.isTagged(u, "ConfigurationRefused")
 
@@ -657,7 +659,7 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
 export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
   new SqlError({
     reason:
-      failure._tag === "TransientError" || failure._tag === "CircuitOpen"
+      failure._tag === "TransientError" || failure._tag === "CircuitOpen" || failure._tag === "CircuitHalfOpen"
         ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
         : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
   })

@@ -114,24 +114,54 @@ export const exponentialOpenDuration = (options: {
   Schedule.min([Schedule.exponential(options.from), Schedule.spaced(options.max)]) as Schedule.Schedule<unknown, number>
 
 /**
- * The breaker rejected the call without running it: it is open (wait
- * `retryAfter`) or half-open with its one probe in flight (`probing`).
+ * The breaker rejected the call without running it: the circuit is open.
+ * Retryable later: after `retryAfter` at the latest (sooner when a probe
+ * finds the server back). Effect's `CircuitBreaker` names it the same.
  *
  * @since 0.1.0
  * @category errors
  */
 export class CircuitOpen extends Schema.TaggedError<CircuitOpen>()("CircuitOpen", {
   key: Schema.String,
-  retryAfter: Schema.Duration,
-  probing: Schema.Boolean
+  retryAfter: Schema.Duration
 }) {
-  readonly isRetryable = false
+  readonly isRetryable = true
   override get message(): string {
-    return this.probing
-      ? `The circuit for ${this.key} is half-open and its probe is in flight`
-      : `The circuit for ${this.key} is open; retry after ${Duration.format(this.retryAfter)}`
+    return `The circuit for ${this.key} is open; retry after ${Duration.format(this.retryAfter)}`
   }
 }
+
+/**
+ * The breaker rejected the call without running it: the circuit is half-open
+ * and its one probe is in flight. Retryable as soon as the probe answers.
+ * Effect's `CircuitBreaker` names it the same.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CircuitHalfOpen extends Schema.TaggedError<CircuitHalfOpen>()("CircuitHalfOpen", {
+  key: Schema.String
+}) {
+  readonly isRetryable = true
+  override get message(): string {
+    return `The circuit for ${this.key} is half-open and its probe is in flight`
+  }
+}
+
+/**
+ * A call the breaker did not run.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type Rejection = CircuitOpen | CircuitHalfOpen
+
+/**
+ * @since 0.1.0
+ * @category guards
+ */
+export const isRejection = (u: unknown): u is Rejection =>
+  Predicate.isTagged(u, "CircuitOpen") || Predicate.isTagged(u, "CircuitHalfOpen")
 
 /**
  * @since 0.1.0
@@ -156,7 +186,7 @@ export interface Service {
     key: string,
     self: Effect.Effect<A, E, R>,
     classify: (exit: Exit.Exit<A, E>) => Outcome
-  ) => Effect.Effect<A, E | CircuitOpen, R>
+  ) => Effect.Effect<A, E | Rejection, R>
   readonly state: (key: string) => Effect.Effect<State>
   readonly transitions: Stream.Stream<Transition>
   /**
@@ -459,8 +489,17 @@ const openDurations = Effect.fnUntraced(function* (openDuration: Options["openDu
   return (openings: number) => delays[Math.min(openings, delays.length) - 1]!
 })
 
-const rejection = (key: string, admission: Extract<Admission, { _tag: "Rejected" }>) =>
-  new CircuitOpen({ key, retryAfter: Duration.millis(admission.retryAfterMillis), probing: admission.probing })
+/**
+ * The error for a rejected admission: `CircuitHalfOpen` while the probe is in
+ * flight, else `CircuitOpen`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const rejection = (key: string, admission: Extract<Admission, { _tag: "Rejected" }>): Rejection =>
+  admission.probing
+    ? new CircuitHalfOpen({ key })
+    : new CircuitOpen({ key, retryAfter: Duration.millis(admission.retryAfterMillis) })
 
 const classifyExit = <A, E>(exit: Exit.Exit<A, E>, classify: (exit: Exit.Exit<A, E>) => Outcome): Outcome =>
   Exit.isFailure(exit) && exit.cause.reasons.every((reason) => reason._tag === "Interrupt") ? "Ignored" : classify(exit)
@@ -498,8 +537,8 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     key: string,
     self: Effect.Effect<A, E, R>,
     classify: (exit: Exit.Exit<A, E>) => Outcome
-  ): Effect.Effect<A, E | CircuitOpen, R> =>
-    Effect.suspend((): Effect.Effect<A, E | CircuitOpen, R> => {
+  ): Effect.Effect<A, E | Rejection, R> =>
+    Effect.suspend((): Effect.Effect<A, E | Rejection, R> => {
       const cell = cellFor(key)
       const admission = admit(cell, now)
       if (admission._tag === "Rejected") return Effect.fail(rejection(key, admission))
@@ -567,12 +606,14 @@ export const layerStore = (options: Options): Layer.Layer<Breaker, never, Circui
           breaker
             .execute(self, { key, classify: (exit) => toOutcome(classifyExit(exit, classify)) })
             .pipe(
-              Effect.catchIf(isCircuitBreakerError, (error) =>
-                error.reason._tag === "CircuitOpen"
-                  ? Effect.fail(new CircuitOpen({ key, retryAfter: error.reason.retryAfter, probing: false }))
-                  : error.reason._tag === "CircuitHalfOpen"
-                    ? Effect.fail(new CircuitOpen({ key, retryAfter: Duration.zero, probing: true }))
-                    : Effect.die(error)
+              Effect.catchIf(
+                isCircuitBreakerError,
+                (error): Effect.Effect<never, Rejection> =>
+                  error.reason._tag === "CircuitOpen"
+                    ? Effect.fail(new CircuitOpen({ key, retryAfter: error.reason.retryAfter }))
+                    : error.reason._tag === "CircuitHalfOpen"
+                      ? Effect.fail(new CircuitHalfOpen({ key }))
+                      : Effect.die(error)
               )
             ),
         state: (key) => Effect.orDie(breaker.state(key)),

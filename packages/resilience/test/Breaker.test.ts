@@ -53,7 +53,6 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
           const rejection = result as Breaker.CircuitOpen
           assert.strictEqual(rejection._tag, "CircuitOpen")
           assert.strictEqual(rejection.key, key)
-          assert.isFalse(rejection.probing)
           assert.strictEqual(Duration.toMillis(rejection.retryAfter), 50_000)
         })
       )
@@ -78,9 +77,8 @@ const suite = (name: string, makeLayer: (options: Breaker.Options) => Layer.Laye
             )
             yield* Deferred.await(started)
             assert.strictEqual(yield* stateTag(breaker), "HalfOpen")
-            const second = (yield* call(breaker, succeed)) as Breaker.CircuitOpen
-            assert.strictEqual(second._tag, "CircuitOpen")
-            assert.isTrue(second.probing)
+            const second = (yield* call(breaker, succeed)) as Breaker.CircuitHalfOpen
+            assert.deepStrictEqual([second._tag, second.key, second.isRetryable], ["CircuitHalfOpen", key, true])
             yield* Deferred.succeed(release, undefined)
             assert.strictEqual(yield* Fiber.join(probe), "ok")
             assert.strictEqual(yield* stateTag(breaker), "Closed")

@@ -86,11 +86,11 @@ const realCall = (breaker: Breaker.Service, c: Config, outcomes: ReadonlyArray<A
   }
   const policy = Retry.schedule(
     { retriesAfterFirst: c.retriesAfterFirst, backoffBase: c.baseMillis, backoffJitter: 0 },
-    (error: Failed | Breaker.CircuitOpen) => error._tag === "Failed" && error.kind === "transient"
+    (error: Failed | Breaker.Rejection) => error._tag === "Failed" && error.kind === "transient"
   )
   return Retry.retryOnFailure(breaker.execute("db", attempt, outcome), policy).pipe(
     Effect.map((): Result => "ok"),
-    Effect.catch((error) => Effect.succeed<Result>(error._tag === "CircuitOpen" ? "rejected" : error.kind)),
+    Effect.catch((error) => Effect.succeed<Result>(error._tag === "Failed" ? error.kind : "rejected")),
     Effect.map((result) => ({ result, attempts })),
     Effect.provideService(Random.Random, noJitter)
   )

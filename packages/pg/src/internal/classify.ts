@@ -5,7 +5,7 @@
  *
  * @internal
  */
-import { type Breaker, Transient } from "@sturdy/resilience"
+import { Breaker, Transient } from "@sturdy/resilience"
 import { type Duration, Predicate } from "effect"
 import { isSqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
@@ -31,7 +31,7 @@ export interface Policy {
 }
 
 export const isTransientError = (u: unknown): u is PgFailure.TransientError => Predicate.isTagged(u, "TransientError")
-export const isCircuitOpen = (u: unknown): u is Breaker.CircuitOpen => Predicate.isTagged(u, "CircuitOpen")
+export const isRejection: (u: unknown) => u is Breaker.Rejection = Breaker.isRejection
 
 /** The timeout an attempt ran out of, in the phase it had reached. */
 export const attemptTimeout = (attempt: Pick<Attempt, "sent">, timeout: Duration.Duration): Transient.AttemptTimeout =>
@@ -40,7 +40,7 @@ export const attemptTimeout = (attempt: Pick<Attempt, "sent">, timeout: Duration
 /** What a failed attempt means for the retry: a transient failure, an unknown outcome, or the original error. */
 export const decide = (error: unknown, attempt: Attempt, idempotency: Idempotency, policy: Policy): unknown => {
   // The connection gate refused to open a socket: the circuit opened while this attempt was on its way.
-  if (isSqlError(error) && isCircuitOpen(error.reason.cause)) return error.reason.cause
+  if (isSqlError(error) && isRejection(error.reason.cause)) return error.reason.cause
   // A refused configuration: not transient, and not an outage (the breaker sees an answer).
   const refused = isSqlError(error) ? PgFailure.refusal(error) : undefined
   if (refused !== undefined) return refused
@@ -72,7 +72,7 @@ export const decide = (error: unknown, attempt: Attempt, idempotency: Idempotenc
  * and so is a rejection by the breaker itself.
  */
 export const breakerOutcome = (failure: unknown): Breaker.Outcome => {
-  if (isCircuitOpen(failure)) return "Ignored"
+  if (isRejection(failure)) return "Ignored"
   if (!isTransientError(failure) && !Predicate.isTagged(failure, "OutcomeUnknown")) return "Success"
   return PgFailure.countsAgainstBreaker((failure as PgFailure.TransientError | PgFailure.OutcomeUnknown).reason)
     ? "Failure"
@@ -81,7 +81,7 @@ export const breakerOutcome = (failure: unknown): Breaker.Outcome => {
 
 /** Whether a failure is worth another attempt. */
 export const shouldRetry = (failure: unknown, whenCircuitOpen: "fail-fast" | "wait-and-retry"): boolean =>
-  isTransientError(failure) || (whenCircuitOpen === "wait-and-retry" && isCircuitOpen(failure))
+  isTransientError(failure) || (whenCircuitOpen === "wait-and-retry" && isRejection(failure))
 
 /** The name a failure is reported under in the statement table: its reason when it has one. */
 export const reasonOf = (error: unknown): string => {

@@ -7,7 +7,7 @@
  * @internal
  */
 import { Breaker, type DatabaseMetrics } from "@sturdy/resilience"
-import { Duration, Effect } from "effect"
+import { Effect } from "effect"
 import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 
@@ -18,7 +18,7 @@ export type Rejected = Extract<Breaker.Admission, { _tag: "Rejected" }>
 export interface Rejection {
   readonly retryAfterMillis: number
   readonly probing: boolean
-  readonly error: Breaker.CircuitOpen
+  readonly error: Breaker.Rejection
   readonly statementFailure: Effect.Effect<never, SqlError>
 }
 
@@ -28,7 +28,7 @@ export class Rejections {
   private readonly recorder: DatabaseMetrics.Recorder
   /** Reused while the breaker answers with the same `retryAfter` and probing. */
   private last: Rejection | undefined = undefined
-  private readonly surfaced = new WeakMap<Breaker.CircuitOpen, SqlError>()
+  private readonly surfaced = new WeakMap<Breaker.Rejection, SqlError>()
   constructor(key: string, recorder: DatabaseMetrics.Recorder) {
     this.key = key
     this.recorder = recorder
@@ -44,14 +44,7 @@ export class Rejections {
     ) {
       return cached
     }
-    const error = stackless(
-      () =>
-        new Breaker.CircuitOpen({
-          key: this.key,
-          retryAfter: Duration.millis(admission.retryAfterMillis),
-          probing: admission.probing
-        })
-    )
+    const error = stackless(() => Breaker.rejection(this.key, admission))
     const wrapped = stackless(() => PgFailure.toSqlError(error, "execute"))
     this.last = {
       retryAfterMillis: admission.retryAfterMillis,
@@ -62,7 +55,7 @@ export class Rejections {
     return this.last
   }
   /** The `SqlError` a rejection surfaces as when it ends a call: built the first time, with that call's operation. */
-  sqlError(failure: Breaker.CircuitOpen, operation: string): SqlError {
+  sqlError(failure: Breaker.Rejection, operation: string): SqlError {
     let wrapped = this.surfaced.get(failure)
     if (wrapped === undefined) {
       wrapped = stackless(() => PgFailure.toSqlError(failure, operation))

@@ -9,7 +9,7 @@
 import { type Breaker, type Profile, Retry } from "@sturdy/resilience"
 import { Duration, Effect, Schedule } from "effect"
 import * as PgFailure from "../PgFailure.ts"
-import { isCircuitOpen, shouldRetry } from "./classify.ts"
+import { isRejection, shouldRetry } from "./classify.ts"
 
 /** The client's retry: which failures get one, on what schedule, and the calls waiting for the circuit to close. */
 export class RetryPolicy {
@@ -37,10 +37,10 @@ export class RetryPolicy {
         Effect.logWarning("Retrying a failed database call").pipe(
           Effect.annotateLogs({
             "sturdy.event": "retry",
-            "sturdy.reason": isCircuitOpen(meta.input)
-              ? "CircuitOpen"
+            "sturdy.reason": isRejection(meta.input)
+              ? meta.input._tag
               : (meta.input as PgFailure.TransientError).reason._tag,
-            "sturdy.phase": isCircuitOpen(meta.input)
+            "sturdy.phase": isRejection(meta.input)
               ? "connect"
               : PgFailure.phaseOf((meta.input as PgFailure.TransientError).reason),
             "sturdy.attempt": meta.attempt + 1,
@@ -53,7 +53,7 @@ export class RetryPolicy {
       // its schedule however long the open duration has grown; and it stops waiting when the breaker closes (the
       // health monitor closes it as soon as the server answers), to retry at once.
       Schedule.modifyDelay((meta) =>
-        isCircuitOpen(meta.input)
+        isRejection(meta.input)
           ? Effect.as(Effect.raceFirst(Effect.sleep(meta.duration), this.untilClosed), Duration.zero)
           : Effect.succeed(meta.duration)
       )
@@ -84,7 +84,7 @@ export const logRecovered = (operation: string, attempts: number) =>
 /** The line a call logs when it failed with a policy failure (a rejection logs none: the breaker is doing its job). */
 export const logFailed = (
   operation: string,
-  failure: Exclude<PgFailure.PolicyFailure, Breaker.CircuitOpen>,
+  failure: Exclude<PgFailure.PolicyFailure, Breaker.Rejection>,
   attempts: number
 ) =>
   Effect.annotateLogs(Effect.logError("A database call failed"), {

@@ -19,7 +19,7 @@ export class Sockets {
   /** Sockets opened since the client was built. */
   opened = 0
   /** Why a new connection is refused now, if it is: the breaker's rejection. */
-  gate: () => Breaker.CircuitOpen | undefined = () => undefined
+  gate: () => Breaker.Rejection | undefined = () => undefined
   private readonly target: Target.Target
   private readonly router: Router.Router
   private readonly sessions: Sessions

@@ -33,7 +33,7 @@ import {
   breakerOutcome,
   decide,
   type Idempotency,
-  isCircuitOpen,
+  isRejection,
   type Policy,
   reasonOf
 } from "./classify.ts"
@@ -82,7 +82,7 @@ export interface Stack {
     operation: string
   ) => Effect.Effect<A, SqlError, Scope.Scope>
   /** The rejection a new connection gets while the circuit is open; `undefined` when it may connect. */
-  readonly connectionGate: () => Breaker.CircuitOpen | undefined
+  readonly connectionGate: () => Breaker.Rejection | undefined
   readonly inUse: () => number
   readonly waiting: () => number
 }
@@ -174,7 +174,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     if (wait === undefined) return use
     return Effect.andThen(
       wait,
-      Effect.suspend((): Effect.Effect<A, E | SqlError | Breaker.CircuitOpen, R> => afterWaiting(call) ?? use)
+      Effect.suspend((): Effect.Effect<A, E | SqlError | Breaker.Rejection, R> => afterWaiting(call) ?? use)
     )
   }
 
@@ -183,7 +183,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
    * the circuit may have opened while it waited, and 40 parked calls must not
    * each try a dead server the moment a slot frees.
    */
-  const afterWaiting = (call: Call): Effect.Effect<never, Breaker.CircuitOpen> | undefined => {
+  const afterWaiting = (call: Call): Effect.Effect<never, Breaker.Rejection> | undefined => {
     const rejected = local?.recheck(key, call.generation)
     return rejected === undefined ? undefined : Effect.fail(rejections.of(rejected).error)
   }
@@ -274,7 +274,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
             ? "Success"
             : toBreaker(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
       ),
-      (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
+      (error) => Effect.fail(isRejection(error) ? (recorder.rejections++, error) : error)
     )
 
   const attempt = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>) =>
@@ -294,7 +294,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   const surface = (operation: string, call: Call, failure: PgFailure.PolicyFailure) => {
     if (failure._tag === "OutcomeUnknown") recorder.outcomeUnknown++
-    if (failure._tag === "CircuitOpen") {
+    if (failure._tag === "CircuitOpen" || failure._tag === "CircuitHalfOpen") {
       // A rejection is the breaker doing its job, possibly thousands of times a second: no error line, no new error.
       return Effect.fail(rejections.sqlError(failure, operation))
     }
@@ -359,8 +359,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         // (a rejection takes well under the histogram's smallest bucket).
         recorder.failed++
         recorder.latency.record(0)
-        if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, "CircuitOpen")
-        return rejections.of(admission).statementFailure
+        const rejection = rejections.of(admission)
+        if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, rejection.error._tag)
+        return rejection.statementFailure
       }
       const call = new Call(performance.now())
       call.builder = f
@@ -429,7 +430,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           // slot back at once, so retries in the same scope do not pile slots up. The wait itself stays
           // interruptible, so the timeout below can end it.
           const wait = slots.take(call)
-          const afterWait = Effect.suspend((): Effect.Effect<A, SqlError | Breaker.CircuitOpen, Scope.Scope> => {
+          const afterWait = Effect.suspend((): Effect.Effect<A, SqlError | Breaker.Rejection, Scope.Scope> => {
             // As for statements (`afterWaiting`): the circuit may have opened while this waited for a slot.
             const rejected = local?.recheck(key, -1)
             return rejected === undefined ? get : Effect.fail(rejections.of(rejected).error)
@@ -467,7 +468,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
             ? "Success"
             : toBreaker(Cause.findErrorOption(exit.cause).pipe((o) => (o._tag === "Some" ? o.value : undefined)))
       ),
-      (error) => Effect.fail(isCircuitOpen(error) ? (recorder.rejections++, error) : error)
+      (error) => Effect.fail(isRejection(error) ? (recorder.rejections++, error) : error)
     )
 
   /**
@@ -476,7 +477,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
    * itself retries, a call that waited for a slot) reaches a server the breaker
    * has given up on. Half-open lets the probe through.
    */
-  const connectionGate = (): Breaker.CircuitOpen | undefined => {
+  const connectionGate = (): Breaker.Rejection | undefined => {
     const rejected = local?.recheck(key, -1)
     return rejected !== undefined && !rejected.probing && rejected.retryAfterMillis > 0
       ? rejections.of(rejected).error

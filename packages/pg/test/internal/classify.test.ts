@@ -51,7 +51,7 @@ const closed = (operation: "connect" | "query") =>
       operation
     })
   })
-const circuitOpen = new Breaker.CircuitOpen({ key: "db", retryAfter: Duration.seconds(2), probing: false })
+const circuitOpen = new Breaker.CircuitOpen({ key: "db", retryAfter: Duration.seconds(2) })
 /** What the connection gate makes the driver fail a connect with while the circuit is open. */
 const gated = PgFailure.toSqlError(circuitOpen, "connect")
 class UserError {

@@ -22,13 +22,13 @@ describe("Rejections", () => {
     )
     assert.deepStrictEqual(
       [
+        first.error._tag,
         first.error.key,
-        Duration.toMillis(first.error.retryAfter),
-        first.error.probing,
-        Duration.toMillis(probing.error.retryAfter),
-        probing.error.probing
+        first.error._tag === "CircuitOpen" && Duration.toMillis(first.error.retryAfter),
+        probing.error._tag,
+        probing.error.key
       ],
-      ["db", 1000, false, 900, true]
+      ["CircuitOpen", "db", 1000, "CircuitHalfOpen", "db"]
     )
   })
 

@@ -11,7 +11,7 @@ const profile = (retriesAfterFirst: number): Profile.Profile => ({
   backoffBase: Duration.seconds(1),
   backoffJitter: Duration.zero
 })
-const rejection = new Breaker.CircuitOpen({ key: "db", retryAfter: Duration.seconds(30), probing: false })
+const rejection = new Breaker.CircuitOpen({ key: "db", retryAfter: Duration.seconds(30) })
 const transient = new PgFailure.TransientError({
   reason: new Transient.AttemptTimeout({ phase: "connect", timeout: Duration.seconds(1) })
 })
