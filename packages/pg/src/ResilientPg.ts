@@ -460,7 +460,7 @@ export const make = Effect.fnUntraced(function* (
   sockets.gate = stack.connectionGate
   const toSqlConnection = (connection: PgConnection.PgConnection): Connection =>
     new Stack.WatchedConnection(connection, undefined, sessions)
-  // As for statements (stack.ts): once the server behind the connections changed, one from before is retired.
+  // As for statements (Sessions, internal/sessions.ts): once the server behind the connections changed, one from before is retired.
   const fresh = (
     checkout: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>
   ): Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope> =>

@@ -39,11 +39,7 @@ export class WatchedConnection implements Connection {
   /**
    * The statement ended, before the pool takes the session back: from now on
    * the watchdog must not cancel through this session, since its next
-   * statement belongs to someone else. Once a cancel request was sent, a
-   * failure (57014, possibly from the server's own statement_timeout, which
-   * the driver takes for the cancel's confirmation) cannot tell whether the
-   * cancel has landed yet: the session is retired so a late cancel can never
-   * hit an innocent statement. (After a success the driver retires it itself.)
+   * statement belongs to someone else.
    */
   private finished(call: Call): void {
     call.list?.remove(call)
@@ -60,6 +56,9 @@ export class WatchedConnection implements Connection {
     const call = this.call
     if (call !== undefined) {
       call.sql = sql
+      // Once a cancel request was sent, a failure (57014, possibly from the server's own statement_timeout, which
+      // the driver takes for the cancel's confirmation) cannot tell whether the cancel has landed yet: the session
+      // is retired so a late cancel can never hit an innocent statement. (After a success the driver retires it.)
       return Effect.matchEffect(effect, {
         onSuccess: (value) => {
           this.finished(call)

@@ -7,7 +7,7 @@ import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import { Effect, Exit, Semaphore } from "effect"
 import * as Scope from "effect/Scope"
 import type { SqlError } from "effect/sql/SqlError"
-import { internalsOf } from "./stack.ts"
+import { internalsOf } from "./sessions.ts"
 
 /**
  * The health probe's session: kept between probes, replaced when it dies or

@@ -5,7 +5,7 @@
 // Discovery runs as the health monitor's probe: at start-up, every interval, every 250 ms while unhealthy or while
 // the breaker is open, and at once when a connection shows the server changed (25006 on a target that wants
 // writes, a shutdown). When it settles on another host, the sessions' epoch moves on, and connections opened
-// before are retired the next time they are lent (see Sessions in stack.ts).
+// before are retired the next time they are lent (see Sessions in sessions.ts).
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import { Effect, Exit, Scope } from "effect"
 import { ConnectionError, SqlError } from "effect/sql/SqlError"

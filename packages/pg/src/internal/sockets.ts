@@ -11,7 +11,7 @@ import { Duration } from "effect"
 import * as Net from "node:net"
 import type * as Target from "../Target.ts"
 import * as Router from "./router.ts"
-import type { Sessions } from "./stack.ts"
+import type { Sessions } from "./sessions.ts"
 
 export class Sockets {
   /** Sockets open now. */
