@@ -129,7 +129,12 @@ export const make = (options: {
     if (routed) current = undefined
     if (wrongRoles > 0 || lastFailure === undefined) {
       return yield* Effect.fail(
-        mismatch(target, `none of the ${target.hosts.length} hosts that answered is of the kind wanted`)
+        mismatch(
+          target,
+          `${wrongRoles} of the ${target.hosts.length} hosts answered, none of the kind wanted${
+            lastFailure === undefined ? "" : ", the others did not answer"
+          }`
+        )
       )
     }
     return yield* lastFailure as Exit.Exit<never, SqlError>
