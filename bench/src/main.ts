@@ -420,13 +420,13 @@ const recovery = (server: PgServer.PgServerService) =>
       >
     const plain = yield* measure("plain", PgClient.layer({ url: server.url, applicationName: "bench-recovery-plain" }))
     const defaults = yield* measure("defaults", resilient("defaults", {}))
-    const seed = yield* measure(
-      "seed",
-      resilient("seed", { breakerOpenDuration: settings.fixedOpen as Duration.Input })
+    const fixed = yield* measure(
+      "fixed",
+      resilient("fixed", { breakerOpenDuration: settings.fixedOpen as Duration.Input })
     )
     sections.push(
       "## 4. Recovery after a restart\n\n" +
-        `Ten callers each issue \`SELECT 1\` every 5 ms; the server stops for ${settings.outageMillis / 1000} s and starts again. Time from the server accepting connections (\`start\` resolved) to the first successful call. Sturdy with its default options, and with the seed's fixed open duration for comparison.\n\n` +
+        `Ten callers each issue \`SELECT 1\` every 5 ms; the server stops for ${settings.outageMillis / 1000} s and starts again. Time from the server accepting connections (\`start\` resolved) to the first successful call. Sturdy with its default options, and with a fixed open duration (the breaker's ceiling, with no doubling) for comparison.\n\n` +
         table(
           ["client", "recovery"],
           [
@@ -435,12 +435,12 @@ const recovery = (server: PgServer.PgServerService) =>
               "Sturdy, defaults (open 1 s doubling to 60 s, closed by the health probe)",
               `${format(defaults / 1000, 2)} s`
             ],
-            [`Sturdy, the seed's fixed ${settings.fixedOpen} open duration`, `${format(seed / 1000, 2)} s`]
+            [`Sturdy, a fixed ${settings.fixedOpen} open duration`, `${format(fixed / 1000, 2)} s`]
           ]
         ) +
         "\n"
     )
-    return { plain, defaults, seed }
+    return { plain, defaults, fixed }
   })
 
 // --- 5. Memory -------------------------------------------------------------------------------------------------------------
