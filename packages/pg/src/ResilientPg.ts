@@ -506,7 +506,8 @@ export const make = Effect.fnUntraced(function* (
     transactionAcquirer: Effect.map(reserve, toSqlConnection),
     listenAcquirer: reserve,
     commit: Transaction.makeCommit(transactions, transactionStatus),
-    isTransaction: (connection) => !(connection as Stack.WatchedConnection).broken
+    isTransaction: (connection) => !(connection as Stack.WatchedConnection).broken,
+    server: { address: first.host, port: first.port, namespace: target.database ?? target.username ?? "postgres" }
   })
 
   const health = yield* Health.make({

@@ -60,6 +60,8 @@ export interface Parts {
   readonly listenAcquirer: Effect.Effect<PgConnection.PgConnection, SqlError, Scope.Scope>
   readonly commit: (connection: Connection) => Effect.Effect<void, SqlError>
   readonly isTransaction: (connection: Connection) => boolean
+  /** The server the statements' spans name (`server.address`, `server.port`) and the database (`db.namespace`). */
+  readonly server: { readonly address: string; readonly port: number; readonly namespace: string }
 }
 
 export const make = Effect.fnUntraced(function* (
@@ -79,9 +81,10 @@ export const make = Effect.fnUntraced(function* (
     spanAttributes: [
       ...(config.spanAttributes ? Object.entries(config.spanAttributes) : []),
       ["db.system.name", "postgresql"],
-      ["db.namespace", config.database ?? config.username ?? "postgres"],
-      ["server.address", config.host ?? "localhost"],
-      ["server.port", config.port ?? 5432]
+      // Where `makeImpl` reads `config` (`localhost:5432` for a client configured by URL alone), the target's.
+      ["db.namespace", parts.server.namespace],
+      ["server.address", parts.server.address],
+      ["server.port", parts.server.port]
     ],
     transformRows: config.transformResultNames
       ? Statement.defaultTransforms(config.transformResultNames, config.transformJson).array

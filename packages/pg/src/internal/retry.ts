@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import { type Breaker, type Profile, Retry } from "@sturdy/resilience"
+import { type Breaker, type Profile, Retry, type RetryBudget } from "@sturdy/resilience"
 import { Duration, Effect, Schedule } from "effect"
 import * as PgFailure from "../PgFailure.ts"
 import { isRejection, shouldRetry } from "./classify.ts"
@@ -17,11 +17,17 @@ export class RetryPolicy {
   readonly rejectionEndsTheCall: boolean
   /** Whether a failure is worth another attempt. */
   readonly retryable: (failure: unknown) => boolean
-  readonly schedule: Schedule.Schedule<Duration.Duration, unknown>
+  /** Fails with `RetryBudgetExhausted` when the budget refuses a retry. */
+  readonly schedule: Schedule.Schedule<Duration.Duration, unknown, PgFailure.RetryBudgetExhausted>
   /** Calls waiting after a rejection, woken when the breaker closes. */
   private readonly closedWaiters = new Set<() => void>()
   private readonly untilClosed: Effect.Effect<void>
-  constructor(profile: Profile.Profile, whenCircuitOpen: "fail-fast" | "wait-and-retry") {
+  constructor(
+    profile: Profile.Profile,
+    whenCircuitOpen: "fail-fast" | "wait-and-retry",
+    /** Asked for a token before each retry of a transient failure; `undefined`: retries are not budgeted. */
+    budget?: RetryBudget.RetryBudget
+  ) {
     this.rejectionEndsTheCall = whenCircuitOpen === "fail-fast" || profile.retriesAfterFirst === 0
     this.retryable = (failure) => shouldRetry(failure, whenCircuitOpen)
     const closedWaiters = this.closedWaiters
@@ -33,6 +39,13 @@ export class RetryPolicy {
       })
     })
     this.schedule = Retry.schedule(profile, this.retryable).pipe(
+      // Asked only once the schedule has a retry left for a retryable failure. A retry after a rejection is free:
+      // the rejected attempt cost the server nothing, and the breaker admits the next one.
+      Schedule.while((meta) =>
+        budget === undefined || isRejection(meta.input) || budget.tryAcquire(meta.now)
+          ? true
+          : Effect.fail(new PgFailure.RetryBudgetExhausted({ reason: (meta.input as PgFailure.TransientError).reason }))
+      ),
       Schedule.tap((meta) =>
         Effect.logWarning("Retrying a failed database call").pipe(
           Effect.annotateLogs({
@@ -71,14 +84,20 @@ export class RetryPolicy {
   }
 }
 
-/** The line a call logs when it succeeded after retries. */
+/**
+ * The line a call logs when it succeeded after retries; the statement's span
+ * (when tracing) gets the attempts it took, and the line as an event.
+ */
 export const logRecovered = (operation: string, attempts: number) =>
-  Effect.logInfo("A database call recovered").pipe(
-    Effect.annotateLogs({
-      "sturdy.event": "recovered",
-      "sturdy.operation": operation,
-      "sturdy.attempts": attempts
-    })
+  Effect.andThen(
+    Effect.annotateCurrentSpan("sturdy.attempts", attempts),
+    Effect.logInfo("A database call recovered").pipe(
+      Effect.annotateLogs({
+        "sturdy.event": "recovered",
+        "sturdy.operation": operation,
+        "sturdy.attempts": attempts
+      })
+    )
   )
 
 /** The line a call logs when it failed with a policy failure (a rejection logs none: the breaker is doing its job). */
@@ -87,15 +106,18 @@ export const logFailed = (
   failure: Exclude<PgFailure.PolicyFailure, Breaker.Rejection>,
   attempts: number
 ) =>
-  Effect.annotateLogs(Effect.logError("A database call failed"), {
-    "sturdy.event": "failed",
-    "sturdy.operation": operation,
-    "sturdy.error": failure._tag,
-    "sturdy.reason":
-      failure._tag === "CommitOutcomeUnknown"
-        ? "CommitOutcomeUnknown"
-        : failure._tag === "ConfigurationRefused"
-          ? failure.refusal
-          : failure.reason._tag,
-    "sturdy.attempts": attempts
-  })
+  Effect.annotateLogs(
+    Effect.andThen(Effect.annotateCurrentSpan("sturdy.attempts", attempts), Effect.logError("A database call failed")),
+    {
+      "sturdy.event": "failed",
+      "sturdy.operation": operation,
+      "sturdy.error": failure._tag,
+      "sturdy.reason":
+        failure._tag === "CommitOutcomeUnknown"
+          ? "CommitOutcomeUnknown"
+          : failure._tag === "ConfigurationRefused"
+            ? failure.refusal
+            : failure.reason._tag,
+      "sturdy.attempts": attempts
+    }
+  )
