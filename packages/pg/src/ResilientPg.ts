@@ -439,9 +439,15 @@ export const make = Effect.fnUntraced(function* (
       tripPolicy: Breaker.consecutive(profile.breakerFailures),
       openDuration: Profile.openDuration(profile)
     }))
-  yield* Effect.forkScoped(Stream.runForEach(breaker.transitions, Logs.transition), { startImmediately: true })
+  yield* Effect.forkScoped(
+    Stream.runForEach(breaker.transitions, (transition) => Logs.transition(transition, key)),
+    { startImmediately: true }
+  )
 
   const recorder = new DatabaseMetrics.Recorder()
+  const budget =
+    retryBudget === undefined ? undefined : new RetryBudget.RetryBudget(retryBudget, yield* Clock.currentTimeMillis)
+  recorder.retryBudget = budget
   const statements = new StatementStats.Table(options.statementStatsSize ?? 500)
   const stack = yield* Stack.make({
     pool,

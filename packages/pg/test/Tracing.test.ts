@@ -1,7 +1,7 @@
-import { assert, describe, layer } from "@effect/vitest"
+import { assert, describe, it, layer } from "@effect/vitest"
 import { ResilientPg } from "@sturdy/pg"
 import { Eventually, PgServer } from "@sturdy/testing"
-import { Effect, Fiber, Layer, Logger } from "effect"
+import { Effect, Exit, Fiber, Layer, Logger, Redacted } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { OtlpSerialization, OtlpTracer } from "effect/observability"
 import { SqlClient, Statement } from "effect/sql"
@@ -171,4 +171,55 @@ describe("OpenTelemetry: a retried statement's spans, exported through effect's 
       30_000
     )
   })
+})
+
+describe("OpenTelemetry: the breaker's transitions", () => {
+  it.live("each transition is a root span of its own, sturdy.breaker.transition, with from, to and the database", () =>
+    Effect.gen(function* () {
+      const otlp = yield* receiver
+      const tracing = OtlpTracer.layer({
+        url: otlp.url,
+        resource: { serviceName: "sturdy-tracing-test" },
+        exportInterval: "50 millis"
+      }).pipe(Layer.provide(FetchHttpClient.layer), Layer.provide(OtlpSerialization.layerJson))
+      // Nothing listens on port 1: the first refused attempt opens a breaker that opens after one failure.
+      const exit = yield* Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        return yield* Effect.exit(sql`SELECT 1`)
+      }).pipe(
+        Effect.provide(
+          ResilientPg.layer({
+            url: Redacted.make("postgres://app@127.0.0.1:1/notes"),
+            applicationName: appName(),
+            breakerFailures: 1,
+            retriesAfterFirst: 0,
+            whenCircuitOpen: "fail-fast"
+          }).pipe(Layer.provide(Logger.layer([Logger.tracerLogger])))
+        ),
+        Effect.provide(Logger.layer([Logger.tracerLogger])),
+        Effect.provide(tracing)
+      )
+      assert.isTrue(Exit.isFailure(exit))
+      const transitions = otlp.spans.filter((span) => span.name === "sturdy.breaker.transition")
+      assert.deepStrictEqual(
+        transitions.map((span) => ({
+          root: span.parentSpanId === undefined || span.parentSpanId === "",
+          attributes: pick(plain(span.attributes), ["db.system.name", "sturdy.database", "sturdy.from", "sturdy.to"]),
+          events: span.events.map((event) => event.name)
+        })),
+        [
+          {
+            root: true,
+            attributes: {
+              "db.system.name": "postgresql",
+              "sturdy.database": "127.0.0.1:1/notes",
+              "sturdy.from": "Closed",
+              "sturdy.to": "Open"
+            },
+            events: ["Circuit breaker opened: calls fail fast for 1s"]
+          }
+        ]
+      )
+    }).pipe(Effect.scoped)
+  )
 })

@@ -7,8 +7,12 @@ import type { Breaker, Profile } from "@sturdy/resilience"
 import { Duration, Effect } from "effect"
 import type * as Target from "../Target.ts"
 
-/** One log line per breaker transition. */
-export const transition = (transition: Breaker.Transition) => {
+/**
+ * One log line per breaker transition, in a span of its own
+ * (`sturdy.breaker.transition`, a root: a transition belongs to no request),
+ * so a tracing backend shows when the circuit opened and closed.
+ */
+export const transition = (transition: Breaker.Transition, database: string) => {
   const annotations = {
     "sturdy.event": "breaker",
     "sturdy.from": transition.from,
@@ -30,7 +34,12 @@ export const transition = (transition: Breaker.Transition) => {
       : transition.to === "HalfOpen"
         ? Effect.logWarning("Circuit breaker half-open: one probe goes through")
         : Effect.logInfo("Circuit breaker closed: the probe succeeded")
-  return Effect.annotateLogs(log, annotations)
+  return Effect.annotateLogs(log, annotations).pipe(
+    Effect.withSpan("sturdy.breaker.transition", {
+      root: true,
+      attributes: { "db.system.name": "postgresql", "sturdy.database": database, ...annotations }
+    })
+  )
 }
 
 /** The configuration the client starts with, once, at start-up. */
