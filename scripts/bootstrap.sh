@@ -1,7 +1,8 @@
 # Brings what Sturdy needs when the machine lacks it: Node.js >= 22.19 and the
 # pinned pnpm, both from the npm registry (a machine with Node 20 and npm is
-# enough), and Debian's chromium (the dashboard's browser test) and pgbouncer
-# (the PgBouncer tests), with apt-get as root or through sudo. Source it, so
+# enough), and Debian's chromium (the dashboard's browser test), pgbouncer
+# (the PgBouncer tests) and redis-server (the shared breaker's tests), with
+# apt-get as root or through sudo. Source it, so
 # the PATH it sets stays in your shell:
 #
 #   source scripts/bootstrap.sh
@@ -43,15 +44,17 @@ sturdy_bootstrap() {
     export PATH="$tools/pnpm-$pnpm_version/node_modules/.bin:$PATH"
   fi
   # Debian packages the tests need: chromium for the dashboard's browser test, pgbouncer for the PgBouncer
-  # tests. Debian puts pgbouncer in /usr/sbin, which a non-root PATH may lack: look there too.
+  # tests, redis-server for the shared breaker's tests. Debian puts pgbouncer in /usr/sbin, which a non-root
+  # PATH may lack: look there too.
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
+  { command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; } || missing+=(redis-server)
   if [ "${#missing[@]}" -gt 0 ]; then
     local sudo=""
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
     if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
-      echo "bootstrap: installing ${missing[*]} with apt-get (chromium: the dashboard's browser test; pgbouncer: the PgBouncer tests)" >&2
+      echo "bootstrap: installing ${missing[*]} with apt-get (chromium: the dashboard's browser test; pgbouncer: the PgBouncer tests; redis-server: the shared breaker's tests)" >&2
       $sudo apt-get update -qq >&2 &&
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || return 1
     else
@@ -60,7 +63,9 @@ sturdy_bootstrap() {
   fi
   local pgbouncer_version
   pgbouncer_version="$({ pgbouncer --version || /usr/sbin/pgbouncer --version; } 2>/dev/null | head -n 1)"
-  echo "bootstrap: node $(node --version), pnpm $(pnpm --version), $(chromium --version 2>/dev/null || echo 'no chromium'), ${pgbouncer_version:-no pgbouncer}" >&2
+  local redis_version
+  redis_version="$({ redis-server --version || /usr/bin/redis-server --version; } 2>/dev/null | head -n 1 | cut -d ' ' -f 1-3)"
+  echo "bootstrap: node $(node --version), pnpm $(pnpm --version), $(chromium --version 2>/dev/null || echo 'no chromium'), ${pgbouncer_version:-no pgbouncer}, ${redis_version:-no redis-server}" >&2
 }
 
 sturdy_bootstrap
