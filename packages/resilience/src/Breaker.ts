@@ -216,6 +216,28 @@ export interface Local {
    * duration and a caller's call.
    */
   readonly probeSucceeded: (key: string) => void
+  /**
+   * Another process's breaker for `key` opened (see `SharedBreaker`): open
+   * now for `retryAfterMillis`, without failed attempts of this process's own.
+   * Present on the in-process breaker.
+   */
+  readonly openedElsewhere?: ((key: string, retryAfterMillis: number, consecutiveOpenings: number) => void) | undefined
+  /** Another process's probe found the server back: close now. Present on the in-process breaker. */
+  readonly closedElsewhere?: ((key: string) => void) | undefined
+}
+
+/**
+ * What `make` tells its owner, synchronously, as it happens: a `SharedBreaker`
+ * publishes this process's transitions from here.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Hooks {
+  /** A key seen for the first time. */
+  readonly onKey?: ((key: string) => void) | undefined
+  /** A transition caused by this process (its calls, its probes), not one applied from elsewhere. */
+  readonly onTransition?: ((transition: Transition) => void) | undefined
 }
 
 /**
@@ -440,6 +462,56 @@ export const probeSucceeded = (cell: Cell, now: () => number): ReadonlyArray<Tra
 }
 
 /**
+ * Opens the circuit because another process's breaker opened: for
+ * `retryAfterMillis` from now, with the larger of both consecutive-openings
+ * counts (so the next local opening backs off from there). The calls admitted
+ * before are not counted. An open circuit only ever stays open longer: its
+ * end moves later, never earlier, and no transition is reported.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const openedElsewhere = (
+  cell: Cell,
+  retryAfterMillis: number,
+  consecutiveOpenings: number,
+  now: () => number
+): Transition | undefined => {
+  if (!(retryAfterMillis > 0) || !Number.isFinite(retryAfterMillis)) return undefined
+  const time = now()
+  if (cell.state === "Open") {
+    if (time + retryAfterMillis > cell.openUntil) cell.openUntil = time + retryAfterMillis
+    return undefined
+  }
+  const from = cell.state
+  cell.state = "Open"
+  cell.generation++
+  cell.consecutiveOpenings = Math.max(cell.consecutiveOpenings, Math.floor(consecutiveOpenings), 1)
+  cell.lastOpenFor = retryAfterMillis
+  cell.openUntil = time + retryAfterMillis
+  cell.probing = false
+  cell.streak = 0
+  cell.ring = []
+  cell.ringFailures = 0
+  return {
+    key: cell.key,
+    from,
+    to: "Open",
+    retryAfter: Duration.millis(retryAfterMillis),
+    consecutiveOpenings: cell.consecutiveOpenings
+  }
+}
+
+/**
+ * Closes an open or half-open circuit because another process's probe found
+ * the server back: the same transitions as `probeSucceeded`.
+ *
+ * @since 0.1.0
+ * @category state machine
+ */
+export const closedElsewhere = (cell: Cell, now: () => number): ReadonlyArray<Transition> => probeSucceeded(cell, now)
+
+/**
  * The state a cell reports, in effect's `CircuitBreaker.State` shape.
  *
  * @since 0.1.0
@@ -515,7 +587,10 @@ const classifyExit = <A, E>(exit: Exit.Exit<A, E>, classify: (exit: Exit.Exit<A,
  * @since 0.1.0
  * @category constructors
  */
-export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Return<Service, never, Scope.Scope> {
+export const make = Effect.fnUntraced(function* (
+  options: Options,
+  hooks?: Hooks
+): Effect.fn.Return<Service, never, Scope.Scope> {
   const openFor = yield* openDurations(options.openDuration, "Breaker.make")
   const clock = yield* Clock.Clock
   const now = () => clock.currentTimeMillisUnsafe()
@@ -526,12 +601,22 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     if (cell === undefined) {
       cell = makeCell(key)
       cells.set(key, cell)
+      hooks?.onKey?.(key)
     }
     return cell
   }
-  const publish = (transition: Transition | undefined) => {
+  const onTransition = hooks?.onTransition
+  const publishElsewhere = (transition: Transition | undefined) => {
     if (transition !== undefined) PubSub.publishUnsafe(pubsub, transition)
   }
+  const publish =
+    onTransition === undefined
+      ? publishElsewhere
+      : (transition: Transition | undefined) => {
+          if (transition === undefined) return
+          PubSub.publishUnsafe(pubsub, transition)
+          onTransition(transition)
+        }
 
   const execute = <A, E, R>(
     key: string,
@@ -565,6 +650,11 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       recheck: (key, generation) => recheck(cellFor(key), generation, now),
       probeSucceeded: (key) => {
         for (const transition of probeSucceeded(cellFor(key), now)) publish(transition)
+      },
+      openedElsewhere: (key, retryAfterMillis, consecutiveOpenings) =>
+        publishElsewhere(openedElsewhere(cellFor(key), retryAfterMillis, consecutiveOpenings, now)),
+      closedElsewhere: (key) => {
+        for (const transition of closedElsewhere(cellFor(key), now)) publishElsewhere(transition)
       }
     }
   }

@@ -253,3 +253,123 @@ describe("Breaker state machine: recheck and probeSucceeded", () => {
     assert.strictEqual(cell.state, "Closed")
   })
 })
+
+describe("Breaker state machine: openedElsewhere and closedElsewhere", () => {
+  const policy = Breaker.consecutive(2)
+  const openFor = (openings: number) => 1000 * 2 ** (openings - 1)
+
+  it("a closed circuit opens for the given time, without a failure of its own; calls admitted before are not counted", () => {
+    const time = { now: 100 }
+    const now = () => time.now
+    const cell = Breaker.makeCell(key)
+    const admitted = Breaker.admit(cell, now)
+    const generation = admitted._tag === "Admitted" ? admitted.generation : -1
+    const transition = Breaker.openedElsewhere(cell, 750, 3, now)
+    assert.deepStrictEqual(transition, {
+      key,
+      from: "Closed",
+      to: "Open",
+      retryAfter: Duration.millis(750),
+      consecutiveOpenings: 3
+    })
+    assert.deepStrictEqual(Breaker.admit(cell, now), { _tag: "Rejected", retryAfterMillis: 750, probing: false })
+    assert.isUndefined(Breaker.record(cell, generation, "Failure", policy, now, openFor))
+    // The open period ends where the other process's does: the next call is the half-open probe.
+    time.now = 850
+    const probe = Breaker.admit(cell, now)
+    assert.strictEqual(probe._tag === "Admitted" && probe.probe, true)
+    // Its failure reopens from the shared count: the 4th consecutive opening lasts 8 s.
+    const reopened = Breaker.record(
+      cell,
+      probe._tag === "Admitted" ? probe.generation : -1,
+      "Failure",
+      policy,
+      now,
+      openFor
+    )
+    assert.strictEqual(reopened?.to, "Open")
+    assert.strictEqual(cell.consecutiveOpenings, 4)
+    assert.strictEqual(cell.openUntil, 850 + 8000)
+  })
+
+  it("an open circuit only stays open longer, and reports no transition", () => {
+    const time = { now: 0 }
+    const now = () => time.now
+    const cell = Breaker.makeCell(key)
+    Breaker.openedElsewhere(cell, 1000, 1, now)
+    assert.isUndefined(Breaker.openedElsewhere(cell, 200, 1, now))
+    assert.strictEqual(cell.openUntil, 1000)
+    time.now = 500
+    assert.isUndefined(Breaker.openedElsewhere(cell, 2000, 2, now))
+    assert.strictEqual(cell.openUntil, 2500)
+    assert.strictEqual(cell.state, "Open")
+  })
+
+  it("a half-open circuit with its probe in flight opens; the probe's late success is not counted", () => {
+    const time = { now: 0 }
+    const now = () => time.now
+    const cell = Breaker.makeCell(key)
+    Breaker.openedElsewhere(cell, 1000, 1, now)
+    time.now = 1000
+    const probe = Breaker.admit(cell, now)
+    const generation = probe._tag === "Admitted" ? probe.generation : -1
+    assert.strictEqual(Breaker.openedElsewhere(cell, 2000, 2, now)?.from, "HalfOpen")
+    assert.isUndefined(Breaker.record(cell, generation, "Success", policy, now, openFor))
+    assert.strictEqual(cell.state, "Open")
+    assert.strictEqual(cell.probing, false)
+  })
+
+  it("a zero, negative or infinite time is ignored", () => {
+    const cell = Breaker.makeCell(key)
+    for (const millis of [0, -5, Number.POSITIVE_INFINITY, Number.NaN]) {
+      assert.isUndefined(Breaker.openedElsewhere(cell, millis, 1, () => 0))
+    }
+    assert.strictEqual(cell.state, "Closed")
+  })
+
+  it("closedElsewhere closes an open or half-open circuit (effect's vocabulary) and leaves a closed one alone", () => {
+    const time = { now: 0 }
+    const now = () => time.now
+    const cell = Breaker.makeCell(key)
+    Breaker.openedElsewhere(cell, 1000, 1, now)
+    assert.deepStrictEqual(
+      Breaker.closedElsewhere(cell, now).map((t) => `${t.from}->${t.to}`),
+      ["Open->HalfOpen", "HalfOpen->Closed"]
+    )
+    assert.deepStrictEqual(Breaker.closedElsewhere(cell, now), [])
+    Breaker.openedElsewhere(cell, 1000, 1, now)
+    time.now = 1000
+    Breaker.admit(cell, now)
+    assert.deepStrictEqual(
+      Breaker.closedElsewhere(cell, now).map((t) => `${t.from}->${t.to}`),
+      ["HalfOpen->Closed"]
+    )
+  })
+
+  it.effect("make: transitions applied from elsewhere reach the stream but not onTransition", () =>
+    Effect.gen(function* () {
+      const mine: Array<string> = []
+      const keys: Array<string> = []
+      const breaker = yield* Breaker.make(
+        { tripPolicy: Breaker.consecutive(1), openDuration: "1 second" },
+        { onKey: (k) => keys.push(k), onTransition: (t) => mine.push(`${t.from}->${t.to}`) }
+      )
+      const local = breaker.local!
+      const seen = yield* Stream.take(breaker.transitions, 4).pipe(
+        Stream.runCollect,
+        Effect.forkChild({ startImmediately: true })
+      )
+      local.openedElsewhere!(key, 500, 1)
+      assert.strictEqual(local.admit(key)._tag, "Rejected")
+      local.closedElsewhere!(key)
+      const admitted = local.admit(key)
+      local.record(key, admitted._tag === "Admitted" ? admitted.generation : -1, "Failure")
+      assert.deepStrictEqual(keys, [key])
+      assert.deepStrictEqual(mine, ["Closed->Open"])
+      assert.deepStrictEqual(
+        (yield* Fiber.join(seen)).map((t) => `${t.from}->${t.to}`),
+        ["Closed->Open", "Open->HalfOpen", "HalfOpen->Closed", "Closed->Open"]
+      )
+    }).pipe(Effect.scoped)
+  )
+})
