@@ -11,7 +11,7 @@ import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import { ResilientPg, StatementStats } from "@sturdy/pg"
 // The stack is internal to @sturdy/pg; the benchmark measures it directly.
 import * as Stack from "../../packages/pg/src/internal/stack.ts"
-import { Breaker, DatabaseMetrics, Profile } from "@sturdy/resilience"
+import { Breaker, DatabaseMetrics, Profile, RetryBudget } from "@sturdy/resilience"
 import { PgServer } from "@sturdy/testing"
 import {
   circuitBreaker,
@@ -77,6 +77,8 @@ const stackOver = (pool: Stack.PoolLike, openDuration: Duration.Input, profile: 
       profile,
       sentPhaseRetry: "safe",
       whenCircuitOpen: "fail-fast",
+      // The default budget, as ResilientPg builds it: its deposit is on the success path measured here.
+      retryBudget: RetryBudget.make(RetryBudget.defaults, Date.now()),
       breaker,
       key: "db",
       recorder: new DatabaseMetrics.Recorder(),

@@ -305,6 +305,24 @@ export class OutcomeUnknown extends Schema.TaggedError<OutcomeUnknown>()("Outcom
   }
 }
 
+/**
+ * A retry the client's retry budget refused: retries are already at their
+ * share of first attempts (`ResilientPg.Options.retryBudget`), so this call
+ * ends with its last transient failure instead of adding load to a server
+ * that is failing. Retryable later, like the transient failure it carries.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class RetryBudgetExhausted extends Schema.TaggedError<RetryBudgetExhausted>()("RetryBudgetExhausted", {
+  reason: TransientReason
+}) {
+  readonly isRetryable = true
+  override get message(): string {
+    return `Not retried: the retry budget is spent (retries are at their share of first attempts). The last failure: ${this.reason.message}`
+  }
+}
+
 const sqlStateReasons: Record<string, (props: Transient.ReasonProps) => TransientReason> = {
   "08006": (props) => new ConnectionFailure(props),
   "08003": (props) => new ConnectionDoesNotExist(props),
@@ -589,6 +607,7 @@ export const sessionLost = (error: SqlError): boolean => {
 export type PolicyFailure =
   | TransientError
   | OutcomeUnknown
+  | RetryBudgetExhausted
   | Breaker.CircuitOpen
   | Breaker.CircuitHalfOpen
   | CommitOutcomeUnknown
@@ -636,6 +655,7 @@ export class TransactionTimeout extends Schema.TaggedError<TransactionTimeout>()
 export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
   Predicate.isTagged(u, "TransientError") ||
   Predicate.isTagged(u, "OutcomeUnknown") ||
+  Predicate.isTagged(u, "RetryBudgetExhausted") ||
   Predicate.isTagged(u, "CircuitOpen") ||
   Predicate.isTagged(u, "CircuitHalfOpen") ||
   Predicate.isTagged(u, "CommitOutcomeUnknown") ||
@@ -647,8 +667,8 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
  * `cause` of the reason is the policy failure; `ResilientPg.unwrapFailures`
  * moves it back into the error channel.
  *
- * A transient failure and a rejection by the open circuit become a
- * `ConnectionError` (retryable, later); an unknown outcome and a refused
+ * A transient failure, a retry the budget refused and a rejection by the
+ * open circuit become a `ConnectionError` (retryable, later); an unknown outcome and a refused
  * configuration an `UnknownError` (not retryable: a generic retry on
  * `isRetryable` must not duplicate the write Sturdy declined to retry, nor
  * hammer a server with a wrong password).
@@ -659,7 +679,10 @@ export const isPolicyFailure = (u: unknown): u is PolicyFailure =>
 export const toSqlError = (failure: PolicyFailure, operation: string): SqlError =>
   new SqlError({
     reason:
-      failure._tag === "TransientError" || failure._tag === "CircuitOpen" || failure._tag === "CircuitHalfOpen"
+      failure._tag === "TransientError" ||
+      failure._tag === "RetryBudgetExhausted" ||
+      failure._tag === "CircuitOpen" ||
+      failure._tag === "CircuitHalfOpen"
         ? new ConnectionErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
         : new UnknownErrorReason({ cause: failure, message: `Sturdy: ${failure.message}`, operation })
   })

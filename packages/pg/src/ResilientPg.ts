@@ -69,8 +69,8 @@
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as PgConnection from "@effect/sql-pg/PgConnection"
 import * as PgPool from "@effect/sql-pg/PgPool"
-import { Breaker, DatabaseMetrics, HealthMonitor, Profile } from "@sturdy/resilience"
-import { Config, Context, type Duration, Effect, Layer, Option, Redacted, Result, Stream } from "effect"
+import { Breaker, DatabaseMetrics, HealthMonitor, Profile, RetryBudget } from "@sturdy/resilience"
+import { Clock, Config, Context, type Duration, Effect, Layer, Option, Redacted, Result, Stream } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type * as Scope from "effect/Scope"
 import * as SqlClient from "effect/sql/SqlClient"
@@ -154,6 +154,17 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
    * would rather answer "try later" than wait.
    */
   readonly whenCircuitOpen?: "fail-fast" | "wait-and-retry" | undefined
+  /**
+   * The client's retry budget: every call that succeeds deposits `ratio` of
+   * a token (default 0.1), the bucket also refills at `minRetriesPerSecond`
+   * (default 1) up to ten seconds' worth (at least 10 tokens), and every
+   * retry of a transient failure takes one. A retry the budget refuses ends
+   * the call with `RetryBudgetExhausted`, so in a long outage attempts stay
+   * within about 1.0 x first attempts. A retry after a rejection by the open
+   * circuit is free (the breaker already keeps it off the server). `false`
+   * turns the budget off.
+   */
+  readonly retryBudget?: RetryBudget.Options | false | undefined
   /**
    * What to do when the database is down at start-up: `"degraded"` (default)
    * builds the layer and keeps probing; `"fail"` fails it with
@@ -365,6 +376,7 @@ export const make = Effect.fnUntraced(function* (
   Scope.Scope | Reactivity.Reactivity
 > {
   const profile = Options_.validateOptions(options)
+  const retryBudget = Options_.retryBudgetOf(options)
   // The driver would report a bad URL with the parser's error, whose `input` is the whole URL, password included.
   const parsedTarget = Options_.targetOf(options)
   if (Result.isFailure(parsedTarget)) return yield* Effect.fail(parsedTarget.failure)
@@ -456,6 +468,7 @@ export const make = Effect.fnUntraced(function* (
     profile,
     sentPhaseRetry,
     whenCircuitOpen: options.whenCircuitOpen ?? "wait-and-retry",
+    retryBudget: budget,
     breaker,
     key,
     recorder,

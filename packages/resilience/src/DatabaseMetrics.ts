@@ -21,9 +21,10 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Metric, type Scope, Stream } from "effect"
+import { Clock, Context, Effect, Metric, type Scope, Stream } from "effect"
 import type { State, Transition } from "./Breaker.ts"
 import type { HealthCheckResult } from "./HealthMonitor.ts"
+import type { RetryBudget } from "./RetryBudget.ts"
 
 // -----------------------------------------------------------------------------
 // Latency histogram
@@ -105,6 +106,8 @@ export class Recorder {
   consecutiveFailures = 0
   readonly latency = new LatencyHistogram()
   readonly transitions = new Map<string, number>()
+  /** The client's retry budget, read by its metrics; `undefined` when retries are not budgeted. */
+  retryBudget: RetryBudget | undefined = undefined
 
   recordTransition(transition: Transition): void {
     const key = `${transition.from}->${transition.to}`
@@ -257,6 +260,18 @@ export const metrics: ReadonlyArray<{
   },
   { name: "sturdy_outcome_unknown_total", type: "counter", labels: [], description: "Writes whose outcome is unknown" },
   {
+    name: "sturdy_retry_budget_refused_total",
+    type: "counter",
+    labels: [],
+    description: "Retries the retry budget refused (the call failed with RetryBudgetExhausted)"
+  },
+  {
+    name: "sturdy_retry_budget_tokens",
+    type: "gauge",
+    labels: [],
+    description: "Retries the retry budget would allow now (0 when it is off)"
+  },
+  {
     name: "sturdy_statement_duration_ms",
     type: "histogram",
     labels: [],
@@ -300,6 +315,7 @@ const descriptionOf = (name: string): string => {
  */
 export const make = Effect.fnUntraced(function* (sources: Sources): Effect.fn.Return<Service, never, Scope.Scope> {
   const context = yield* Effect.context<never>()
+  const clock = yield* Clock.Clock
   const r = sources.recorder
   // The gauges read the latest state and health, kept current by following their streams.
   let state: State["_tag"] = (yield* sources.breakerState)._tag
@@ -358,6 +374,8 @@ export const make = Effect.fnUntraced(function* (sources: Sources): Effect.fn.Re
   counter("sturdy_attempt_timeouts_total", () => r.timeouts)
   counter("sturdy_breaker_rejections_total", () => r.rejections)
   counter("sturdy_outcome_unknown_total", () => r.outcomeUnknown)
+  counter("sturdy_retry_budget_refused_total", () => r.retryBudget?.refused ?? 0)
+  gauge("sturdy_retry_budget_tokens", () => r.retryBudget?.available(clock.currentTimeMillisUnsafe()) ?? 0)
   for (const [from, to] of [
     ["Closed", "Open"],
     ["Open", "HalfOpen"],

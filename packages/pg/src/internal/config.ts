@@ -30,10 +30,34 @@ export const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.
     ),
     sentPhaseRetry: Config.option(Config.Literals(["safe", "always"], "STURDY_SENT_PHASE_RETRY")),
     healthOnStartup: Config.option(Config.Literals(["degraded", "fail"], "STURDY_HEALTH_ON_STARTUP")),
-    whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN"))
+    whenCircuitOpen: Config.option(Config.Literals(["fail-fast", "wait-and-retry"], "STURDY_WHEN_CIRCUIT_OPEN")),
+    retryBudgetRatio: Config.option(
+      Config.schema(
+        Schema.Union([
+          Schema.Literal("off"),
+          Schema.NumberFromString.check(Schema.isGreaterThanOrEqualTo(0), Schema.isLessThanOrEqualTo(1))
+        ]),
+        "STURDY_RETRY_BUDGET_RATIO"
+      )
+    ),
+    retryBudgetMinPerSecond: Config.option(
+      Config.schema(
+        Schema.NumberFromString.check(Schema.isFinite(), Schema.isGreaterThanOrEqualTo(0)),
+        "STURDY_RETRY_BUDGET_MIN_PER_SECOND"
+      )
+    )
   }).pipe(
     Config.map(
-      ({ url, profile, maxConnections, sentPhaseRetry, healthOnStartup, whenCircuitOpen }): Options => ({
+      ({
+        url,
+        profile,
+        maxConnections,
+        sentPhaseRetry,
+        healthOnStartup,
+        whenCircuitOpen,
+        retryBudgetRatio,
+        retryBudgetMinPerSecond
+      }): Options => ({
         url,
         urlSource: "DATABASE_URL",
         profile: profile.name,
@@ -49,7 +73,14 @@ export const settings = (url: Config.Config<Redacted.Redacted<string>>): Config.
         maxConnections: Option.getOrUndefined(maxConnections),
         sentPhaseRetry: Option.getOrUndefined(sentPhaseRetry),
         healthOnStartup: Option.getOrUndefined(healthOnStartup),
-        whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen)
+        whenCircuitOpen: Option.getOrUndefined(whenCircuitOpen),
+        retryBudget:
+          Option.getOrUndefined(retryBudgetRatio) === "off"
+            ? false
+            : {
+                ratio: Option.getOrUndefined(retryBudgetRatio) as number | undefined,
+                minRetriesPerSecond: Option.getOrUndefined(retryBudgetMinPerSecond)
+              }
       })
     )
   )
@@ -78,6 +109,17 @@ export const variables: ReadonlyArray<{
     name: "STURDY_WHEN_CIRCUIT_OPEN",
     default: "`wait-and-retry`",
     description: "`wait-and-retry`: a rejected attempt is retried on the call's backoff; `fail-fast`: the call fails"
+  },
+  {
+    name: "STURDY_RETRY_BUDGET_RATIO",
+    default: "0.1",
+    description:
+      "the retry budget: retries allowed per successful call, a number in [0, 1]; `off` turns the budget off (`retryBudget: false`)"
+  },
+  {
+    name: "STURDY_RETRY_BUDGET_MIN_PER_SECOND",
+    default: "1",
+    description: "the retry budget's floor: retries it allows per second whatever the traffic, a number >= 0"
   },
   {
     name: "STURDY_HEALTH_ON_STARTUP",

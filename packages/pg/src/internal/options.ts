@@ -4,7 +4,7 @@
  *
  * @internal
  */
-import { Profile } from "@sturdy/resilience"
+import { Profile, RetryBudget } from "@sturdy/resilience"
 import { Duration, Redacted, Result } from "effect"
 import type { Options } from "../ResilientPg.ts"
 import * as Target from "../Target.ts"
@@ -61,6 +61,20 @@ export const validateOptions = (options: Options): Profile.Profile => {
     throw new RangeError(`${fn}: statementStatsSize must be an integer >= 0, got ${statementStatsSize}`)
   }
   return Profile.override(Profile.byName(profileName), options, fn)
+}
+
+/** The retry budget's settings, checked: `undefined` when `retryBudget` is `false`. */
+export const retryBudgetOf = (
+  options: Options
+): { readonly ratio: number; readonly minRetriesPerSecond: number } | undefined => {
+  const budget = options.retryBudget
+  if (budget === false) return undefined
+  if (budget !== undefined && (typeof budget !== "object" || budget === null)) {
+    throw new RangeError(
+      `ResilientPg.make: retryBudget must be { ratio, minRetriesPerSecond } or false, got ${JSON.stringify(budget)}`
+    )
+  }
+  return RetryBudget.validate("ResilientPg.make", budget ?? {}, "retryBudget.")
 }
 
 export const statementTimeoutMillis = (options: Options, profile: Profile.Profile): number | undefined => {

@@ -21,7 +21,7 @@
  * @internal
  */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
-import type { Breaker, DatabaseMetrics, Profile } from "@sturdy/resilience"
+import type { Breaker, DatabaseMetrics, Profile, RetryBudget } from "@sturdy/resilience"
 import { Cause, Clock, Duration, Effect, Exit, type Fiber, type Scope, Stream } from "effect"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
@@ -64,6 +64,8 @@ export interface Options {
   readonly profile: Profile.Profile
   readonly sentPhaseRetry: "safe" | "always"
   readonly whenCircuitOpen: "fail-fast" | "wait-and-retry"
+  /** Every call that succeeds deposits, every retry of a transient failure withdraws; `undefined`: not budgeted. */
+  readonly retryBudget: RetryBudget.RetryBudget | undefined
   readonly breaker: Breaker.Service
   readonly key: string
   readonly recorder: DatabaseMetrics.Recorder
@@ -88,7 +90,7 @@ export interface Stack {
 }
 
 export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Return<Stack, never, Scope.Scope> {
-  const { breaker, key, profile, recorder, pool } = options
+  const { breaker, key, profile, recorder, pool, retryBudget } = options
   const local = breaker.local
   const clock = yield* Clock.Clock
   const context = yield* Effect.context<never>()
@@ -282,7 +284,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
   // --- The retry, built only after a failure --------------------------------------------------------------------
 
-  const retrying = new RetryPolicy(profile, options.whenCircuitOpen)
+  const retrying = new RetryPolicy(profile, options.whenCircuitOpen, retryBudget)
   // Calls waiting after a rejection retry as soon as the breaker closes.
   yield* Effect.forkScoped(
     Stream.runForEach(breaker.transitions, (transition) =>
@@ -320,6 +322,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   }
 
   const succeed = <A>(operation: string, call: Call, counted: boolean, value: A): Effect.Effect<A> => {
+    retryBudget?.deposit()
     if (counted) {
       const millis = performance.now() - call.started
       recorder.latency.record(millis)

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Breaker, Profile, Transient } from "@sturdy/resilience"
-import { Clock, Duration, Effect, Fiber } from "effect"
+import { Breaker, Profile, RetryBudget, Transient } from "@sturdy/resilience"
+import { Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import * as PgFailure from "../../src/PgFailure.ts"
 import { RetryPolicy } from "../../src/internal/retry.ts"
@@ -92,4 +92,63 @@ describe("RetryPolicy", () => {
       assert.strictEqual(yield* Fiber.join(fiber), "ok")
     })
   )
+
+  describe("with a retry budget", () => {
+    /** A budget with its ten starting tokens spent and no floor: only deposits pay for retries. */
+    const spent = () => {
+      const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 0 }, 0)
+      while (budget.tryAcquire(0)) {}
+      return budget
+    }
+
+    it.effect(
+      "a refused retry ends the call at once with RetryBudgetExhausted carrying the last transient reason",
+      () =>
+        Effect.gen(function* () {
+          const budget = spent()
+          const policy = new RetryPolicy(profile(3), "wait-and-retry", budget)
+          const { attempt, runs } = failingOnce(transient)
+          const exit = yield* Effect.exit(Effect.retry(attempt, policy.schedule))
+          assert.deepStrictEqual(exit, Exit.fail(new PgFailure.RetryBudgetExhausted({ reason: transient.reason })))
+          assert.deepStrictEqual([runs(), budget.refused, yield* Clock.currentTimeMillis], [1, 2, 0])
+        })
+    )
+
+    it.effect("a token from the deposits pays for the retry, which then waits its backoff", () =>
+      Effect.gen(function* () {
+        const budget = spent()
+        for (let i = 0; i < 10; i++) budget.deposit()
+        const policy = new RetryPolicy(profile(3), "wait-and-retry", budget)
+        const { attempt, runs } = failingOnce(transient)
+        const fiber = yield* Effect.forkChild(Effect.retry(attempt, policy.schedule))
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(yield* Fiber.join(fiber), "ok")
+        assert.deepStrictEqual([runs(), budget.refused, budget.available(1000) < 1e-9], [2, 1, true])
+      })
+    )
+
+    it.effect("a retry after a rejection by the open circuit costs no token", () =>
+      Effect.gen(function* () {
+        const budget = spent()
+        const policy = new RetryPolicy(profile(3), "wait-and-retry", budget)
+        const { attempt, runs } = failingOnce(rejection)
+        const fiber = yield* Effect.forkChild(Effect.retry(attempt, policy.schedule))
+        yield* untilWaiting(policy)
+        policy.closed()
+        assert.strictEqual(yield* Fiber.join(fiber), "ok")
+        assert.deepStrictEqual([runs(), budget.refused], [2, 1])
+      })
+    )
+
+    it.effect("the last attempt's failure asks for no token: the schedule has no retry left", () =>
+      Effect.gen(function* () {
+        const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 0 }, 0)
+        const policy = new RetryPolicy(profile(1), "wait-and-retry", budget)
+        const fiber = yield* Effect.forkChild(Effect.exit(Effect.retry(Effect.fail(transient), policy.schedule)))
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(fiber), Exit.fail(transient))
+        assert.deepStrictEqual([budget.available(1000), budget.refused], [9, 0])
+      })
+    )
+  })
 })
