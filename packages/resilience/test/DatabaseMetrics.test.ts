@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { type Breaker, DatabaseMetrics, HealthMonitor } from "@sturdy/resilience"
+import { type Breaker, DatabaseMetrics, HealthMonitor, RetryBudget } from "@sturdy/resilience"
 import { Duration, Effect, Metric, Queue, Ref, Stream } from "effect"
 
 const key = "db.internal:5432/app"
@@ -278,6 +278,11 @@ describe("DatabaseMetrics.make", () => {
           rejections: 3,
           outcomeUnknown: 1
         })
+        // A budget spent, one retry refused, and five successes since (at the TestClock's time 0).
+        const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 0 }, 0)
+        while (budget.tryAcquire(0)) {}
+        for (let i = 0; i < 5; i++) budget.deposit()
+        recorder.retryBudget = budget
         for (const millis of [0.5, 3, 7, 40, 400]) recorder.latency.record(millis)
         return yield* readSeries
       }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, registry))
@@ -290,6 +295,8 @@ describe("DatabaseMetrics.make", () => {
         sturdy_attempt_timeouts_total: counter(1),
         sturdy_breaker_rejections_total: counter(3),
         sturdy_outcome_unknown_total: counter(1),
+        sturdy_retry_budget_refused_total: counter(1),
+        sturdy_retry_budget_tokens: { value: 0.5 },
         'sturdy_breaker_transitions_total{"from":"Closed","to":"Open"}': counter(0),
         'sturdy_breaker_transitions_total{"from":"Open","to":"HalfOpen"}': counter(0),
         'sturdy_breaker_transitions_total{"from":"HalfOpen","to":"Closed"}': counter(0),
@@ -445,7 +452,7 @@ describe("DatabaseMetrics.make", () => {
         [{ count: 3, incremental: true }, { count: 8, incremental: true }, { value: 1 }]
       )
       // 19 series per client.
-      assert.strictEqual(Object.keys(series).length, 38)
+      assert.strictEqual(Object.keys(series).length, 42)
       assert.strictEqual(registry.size, 0)
     })
   )
