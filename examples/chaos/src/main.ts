@@ -9,13 +9,13 @@
  * Options: --duration SECONDS (per run, default 30), --concurrency N (default
  * 8: N x 10 requests per second, arriving at a fixed rate), --scenario NAME
  * (mixed, latency, resets, restart, restart-3s, pgbouncer-restart, 57P03,
- * blackhole, failover), --when-circuit-open (wait-and-retry, the library's default, or
+ * blackhole, failover, fleet), --when-circuit-open (wait-and-retry, the library's default, or
  * fail-fast), --json (a machine-readable summary instead of the table).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { ResilientPg } from "@sturdy/pg"
-import { FaultProxy, PgBouncer, PgCluster, PgServer, ServerFaults } from "@sturdy/testing"
+import { FaultProxy, PgBouncer, PgCluster, PgServer, RedisServer, ServerFaults } from "@sturdy/testing"
 import {
   Config,
   Context,
@@ -34,6 +34,7 @@ import * as Reactivity from "effect/reactivity/Reactivity"
 import { SqlClient } from "effect/sql"
 import { parseArgs } from "node:util"
 import * as Failover from "./Failover.ts"
+import * as Fleet from "./Fleet.ts"
 import * as Runner from "./Runner.ts"
 import * as Workload from "./Workload.ts"
 
@@ -153,11 +154,11 @@ const scenarios: Record<string, ReadonlyArray<Phase>> = {
   "pgbouncer-restart": [{ ...phases["pgbouncer-restart"], from: 0.3, to: 0.3, seconds: 3 }]
 }
 const script =
-  args.scenario === "failover"
+  args.scenario === "failover" || args.scenario === "fleet"
     ? []
     : (scenarios[args.scenario] ??
       fail(
-        `--scenario must be one of ${[...Object.keys(scenarios), "failover"].join(", ")}, got ${JSON.stringify(args.scenario)}`
+        `--scenario must be one of ${[...Object.keys(scenarios), "failover", "fleet"].join(", ")}, got ${JSON.stringify(args.scenario)}`
       ))
 
 // --- The two clients ---------------------------------------------------------
@@ -399,8 +400,33 @@ const failover: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function*
   yield* write(args.json ? `${JSON.stringify(result, null, 2)}\n` : `${Failover.describe(result)}\n`)
 })
 
+/**
+ * `--scenario fleet`: four processes of Sturdy on one embedded server through a 10 s outage, each on its own and then
+ * as a fleet (the breaker shared through a real Redis, and the retry budget): connection attempts reaching the
+ * server's port during the outage and in the first second after it.
+ */
+const fleet: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
+  if (!args.json) {
+    yield* write(
+      "Starting an embedded PostgreSQL 18 and a Redis (Debian's redis-server); 4 processes of 50 readers, 2 reads/s each, through a counting proxy; the server stops for 10 s...\n\n"
+    )
+  }
+  const server = yield* PgServer.makeEmbedded
+  const redis = yield* RedisServer.make()
+  const database = yield* ServerFaults.database(server)
+  const verify = yield* PgClient.make({
+    url: database.url,
+    applicationName: "sturdy-demo-verify",
+    maxConnections: 1
+  }).pipe(Effect.provide(Reactivity.layer))
+  yield* Workload.reads.setup(verify)
+  const result = yield* Fleet.compare({ server: { ...server, url: database.url }, redisUrl: redis.url })
+  yield* write(args.json ? `${JSON.stringify(result, null, 2)}\n` : `${Fleet.describe(result)}\n`)
+})
+
 const program: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
   if (args.scenario === "failover") return yield* failover
+  if (args.scenario === "fleet") return yield* fleet
   const databaseUrl = yield* Config.option(Config.Redacted("DATABASE_URL"))
   const server = Option.isSome(databaseUrl) ? undefined : yield* PgServer.makeEmbedded
   const external = Option.isSome(databaseUrl) ? yield* Layer.build(PgServer.layer) : undefined
