@@ -157,7 +157,7 @@ export interface Options extends PgClient.PgPoolConfig, Profile.Overrides {
   /**
    * The client's retry budget: every call that succeeds deposits `ratio` of
    * a token (default 0.1), the bucket also refills at `minRetriesPerSecond`
-   * (default 1) up to ten seconds' worth (at least 10 tokens), and every
+   * (default 1) up to ten seconds' worth (at least 100 tokens), and every
    * retry of a transient failure takes one. A retry the budget refuses ends
    * the call with `RetryBudgetExhausted`, so in a long outage attempts stay
    * within about 1.0 x first attempts. A retry after a rejection by the open

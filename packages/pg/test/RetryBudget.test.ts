@@ -70,7 +70,8 @@ describe("the retry budget inside ResilientPg, against a real server", () => {
           assert.isAtMost(budgeted.connections, budgeted.attempts)
           assert.isAtLeast(unbudgeted.ratio, 3.5)
           assert.strictEqual(unbudgeted.ended["RetryBudgetExhausted"], undefined)
-        })
+        }),
+      { timeout: 60_000 }
     )
 
     it.effect("healthy: an isolated transient failure (a SELECT whose backend is killed) is still retried", () =>

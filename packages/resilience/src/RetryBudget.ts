@@ -9,8 +9,8 @@
  * success), every retry withdraws one, and the bucket also refills at
  * `minRetriesPerSecond` on its own (Finagle's floor, so a quiet client can
  * still retry an isolated failure). It holds at most `capacity` tokens (ten seconds of the floor,
- * at least ten tokens, so a healthy client can retry one call's whole
- * schedule at once) and starts full.
+ * at least 100 tokens, so that a failover that loses a busy client's
+ * sessions at once is still retried) and starts full.
  *
  * Over any period of length `T`, retries <= `ratio` x successes +
  * `capacity` + `minRetriesPerSecond` x `T`. Successes are at most first
@@ -94,7 +94,7 @@ export class RetryBudget {
   constructor(options: { readonly ratio: number; readonly minRetriesPerSecond: number }, now: number) {
     this.ratio = options.ratio
     this.minRetriesPerSecond = options.minRetriesPerSecond
-    this.capacity = Math.max(10, 10 * options.minRetriesPerSecond)
+    this.capacity = Math.max(100, 10 * options.minRetriesPerSecond)
     this.tokens = this.capacity
     this.updatedAt = now
   }

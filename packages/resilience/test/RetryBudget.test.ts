@@ -3,27 +3,27 @@ import { RetryBudget } from "@sturdy/resilience"
 import * as fc from "fast-check"
 
 describe("RetryBudget", () => {
-  it("starts full: ten seconds of the floor, at least ten tokens", () => {
+  it("starts full: ten seconds of the floor, at least 100 tokens", () => {
     const table = [
       [0.1, 1],
       [0.1, 0],
-      [0.2, 10],
+      [0.2, 20],
       [0, 0.05]
     ].map(([ratio, minRetriesPerSecond]) => {
       const budget = RetryBudget.make({ ratio, minRetriesPerSecond }, 0)
       return [ratio, minRetriesPerSecond, budget.capacity, budget.available(0)]
     })
     assert.deepStrictEqual(table, [
-      [0.1, 1, 10, 10],
-      [0.1, 0, 10, 10],
-      [0.2, 10, 100, 100],
-      [0, 0.05, 10, 10]
+      [0.1, 1, 100, 100],
+      [0.1, 0, 100, 100],
+      [0.2, 20, 200, 200],
+      [0, 0.05, 100, 100]
     ])
   })
 
   it("a retry takes a token; an empty bucket refuses and counts the refusal", () => {
     const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 0 }, 0)
-    for (let i = 0; i < 10; i++) assert.isTrue(budget.tryAcquire(0))
+    for (let i = 0; i < 100; i++) assert.isTrue(budget.tryAcquire(0))
     assert.deepStrictEqual([budget.tryAcquire(0), budget.refused], [false, 1])
     // Ten successes pay for one retry.
     for (let i = 0; i < 9; i++) budget.deposit()
@@ -34,12 +34,12 @@ describe("RetryBudget", () => {
 
   it("the floor refills over time, never beyond the capacity, and time going backwards adds nothing", () => {
     const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 1 }, 1000)
-    for (let i = 0; i < 10; i++) assert.isTrue(budget.tryAcquire(1000))
+    for (let i = 0; i < 100; i++) assert.isTrue(budget.tryAcquire(1000))
     assert.isFalse(budget.tryAcquire(1000))
     assert.isFalse(budget.tryAcquire(500))
     assert.strictEqual(budget.available(1500), 0.5)
     assert.isTrue(budget.tryAcquire(2000))
-    assert.strictEqual(budget.available(1_000_000), 10)
+    assert.strictEqual(budget.available(1_000_000), 100)
   })
 
   it("an isolated failure in a healthy period is always retried", () => {
@@ -97,8 +97,8 @@ describe("RetryBudget", () => {
       attempts++
       for (let retry = 0; retry < 3 && budget.tryAcquire(now); retry++) attempts++
     }
-    // The full bucket (10) and the floor (1 a second: 9 whole tokens in the 9.99 s after the first refusal).
-    assert.deepStrictEqual([first, attempts, budget.refused], [1000, 1019, 997])
+    // The full bucket (100) and the floor (1 a second: 9 whole tokens in the 9.7 s after the first refusal).
+    assert.deepStrictEqual([first, attempts, budget.refused], [1000, 1109, 967])
   })
 
   it("an overload: one call in two fails; retries stay within 10 % of first attempts, plus the constants", () => {
@@ -110,7 +110,7 @@ describe("RetryBudget", () => {
       if (now % 2 === 0) budget.deposit()
       else if (budget.tryAcquire(now)) retries++
     }
-    assert.isAtMost(retries, 0.1 * first + 10 + 10)
+    assert.isAtMost(retries, 0.1 * first + 100 + 10)
     assert.isAtLeast(retries, 0.05 * first)
   })
 

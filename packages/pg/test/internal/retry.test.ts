@@ -94,7 +94,7 @@ describe("RetryPolicy", () => {
   )
 
   describe("with a retry budget", () => {
-    /** A budget with its ten starting tokens spent and no floor: only deposits pay for retries. */
+    /** A budget with its 100 starting tokens spent and no floor: only deposits pay for retries. */
     const spent = () => {
       const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 0 }, 0)
       while (budget.tryAcquire(0)) {}
@@ -147,7 +147,7 @@ describe("RetryPolicy", () => {
         const fiber = yield* Effect.forkChild(Effect.exit(Effect.retry(Effect.fail(transient), policy.schedule)))
         yield* TestClock.adjust("1 second")
         assert.deepStrictEqual(yield* Fiber.join(fiber), Exit.fail(transient))
-        assert.deepStrictEqual([budget.available(1000), budget.refused], [9, 0])
+        assert.deepStrictEqual([budget.available(1000), budget.refused], [99, 0])
       })
     )
   })
