@@ -59,7 +59,10 @@ describe("ResilientPg.config", () => {
     ["STURDY_HEALTH_CHECK_TIMEOUT", "never"],
     ["STURDY_PROFILE", "qa"],
     ["STURDY_RETRIES", "-1"],
-    ["STURDY_ATTEMPT_TIMEOUT", "0 seconds"]
+    ["STURDY_ATTEMPT_TIMEOUT", "0 seconds"],
+    ["STURDY_RETRY_BUDGET_RATIO", "1.5"],
+    ["STURDY_RETRY_BUDGET_RATIO", "on"],
+    ["STURDY_RETRY_BUDGET_MIN_PER_SECOND", "-1"]
   ] as const
   for (const [key, value] of invalid) {
     it.effect(
@@ -74,6 +77,24 @@ describe("ResilientPg.config", () => {
         })
     )
   }
+
+  it.effect("the retry budget: defaults when unset, the values given, false for off", () =>
+    Effect.gen(function* () {
+      const budgetOf = (env: Record<string, string>) =>
+        Effect.map(
+          ResilientPg.config.parse(ConfigProvider.fromEnv({ env: { DATABASE_URL: validUrl, ...env } })),
+          (options) => options.retryBudget
+        )
+      assert.deepStrictEqual(
+        [
+          yield* budgetOf({}),
+          yield* budgetOf({ STURDY_RETRY_BUDGET_RATIO: "0.2", STURDY_RETRY_BUDGET_MIN_PER_SECOND: "5" }),
+          yield* budgetOf({ STURDY_RETRY_BUDGET_RATIO: "off" })
+        ],
+        [{ ratio: undefined, minRetriesPerSecond: undefined }, { ratio: 0.2, minRetriesPerSecond: 5 }, false]
+      )
+    })
+  )
 
   it.effect("a missing DATABASE_URL names the key", () =>
     Effect.gen(function* () {

@@ -2,7 +2,13 @@ import { assert, describe, it } from "@effect/vitest"
 import type { ResilientPg } from "@sturdy/pg"
 import { Profile } from "@sturdy/resilience"
 import { Duration, Redacted, Result } from "effect"
-import { databaseKey, statementTimeoutMillis, targetOf, validateOptions } from "../../src/internal/options.ts"
+import {
+  databaseKey,
+  retryBudgetOf,
+  statementTimeoutMillis,
+  targetOf,
+  validateOptions
+} from "../../src/internal/options.ts"
 import type * as Target from "../../src/Target.ts"
 
 const secret = "s3cr3t-Passw0rd"
@@ -89,6 +95,25 @@ describe("validateOptions", () => {
       )
     })
   }
+
+  it("retryBudget: the defaults, the values given, undefined when false, a RangeError naming the option and value", () => {
+    assert.deepStrictEqual(
+      [retryBudgetOf({}), retryBudgetOf({ retryBudget: { ratio: 0.5 } }), retryBudgetOf({ retryBudget: false })],
+      [{ ratio: 0.1, minRetriesPerSecond: 1 }, { ratio: 0.5, minRetriesPerSecond: 1 }, undefined]
+    )
+    assert.deepStrictEqual(
+      [
+        rangeError(() => retryBudgetOf({ retryBudget: { ratio: 2 } })),
+        rangeError(() => retryBudgetOf({ retryBudget: { minRetriesPerSecond: -1 } })),
+        rangeError(() => retryBudgetOf({ retryBudget: true as never }))
+      ],
+      [
+        "ResilientPg.make: retryBudget.ratio must be a number in [0, 1], got 2",
+        "ResilientPg.make: retryBudget.minRetriesPerSecond must be a finite number >= 0, got -1",
+        "ResilientPg.make: retryBudget must be { ratio, minRetriesPerSecond } or false, got true"
+      ]
+    )
+  })
 
   it("the profile's own checks name ResilientPg.make too", () => {
     assert.strictEqual(
