@@ -418,6 +418,18 @@ describe("PgFailure.classify", () => {
     // A generic retry on isRetryable must not repeat a write Sturdy declined to retry.
     assert.strictEqual(unknown.isRetryable, false)
     assert.isUndefined(PgFailure.fromSqlError(socket("ECONNREFUSED", "connect")))
+    // A retry the budget refused: retryable later, like the transient failure it carries.
+    const refused = new PgFailure.RetryBudgetExhausted({ reason })
+    const budget = PgFailure.toSqlError(refused, "execute")
+    assert.deepStrictEqual(
+      [
+        budget.reason._tag,
+        budget.isRetryable,
+        PgFailure.fromSqlError(budget) === refused,
+        PgFailure.isPolicyFailure(refused)
+      ],
+      ["ConnectionError", true, true, true]
+    )
   })
 })
 
