@@ -355,9 +355,10 @@ export const withTransaction: <A, E, R>(
  *
  * **Details**
  *
- * A `Breaker` in context (for example `Breaker.layerStore`, to share state
- * across processes) is used when present; otherwise an in-process breaker
- * with the profile's policy is built.
+ * A `Breaker` in context (for example `SharedBreaker.layer`, whose state is
+ * shared across processes through Redis with no round trip per call) is used
+ * when present; otherwise an in-process breaker with the profile's policy is
+ * built.
  *
  * **Gotchas**
  *
