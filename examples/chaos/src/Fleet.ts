@@ -46,6 +46,10 @@ export interface Side {
   /** Attempts the clients made (first attempts, retries, rejected ones included) over calls. */
   readonly attemptsPerCall: number
   readonly rejections: number
+  /** Connections the processes' pools opened over the whole run (the health probes' own sessions are not among them). */
+  readonly poolConnectionsOpened: number
+  /** Connections the endpoint accepted over the whole run: the pools' and the health probes'. */
+  readonly acceptedTotal: number
 }
 
 const spawn = (mode: "local" | "fleet", env: Record<string, string>) =>
@@ -100,6 +104,7 @@ const side = (mode: "local" | "fleet", options: Options): Effect.Effect<Side, un
       const firstSecond = (yield* accepted) - back
       yield* Effect.sleep("2 seconds")
       const reports = yield* Effect.forEach(workers, stopWorker, { concurrency: "unbounded" })
+      const acceptedTotal = yield* accepted
       const failuresByReason: Record<string, number> = {}
       for (const report of reports) {
         for (const [reason, n] of Object.entries(report.failuresByReason)) {
@@ -116,7 +121,9 @@ const side = (mode: "local" | "fleet", options: Options): Effect.Effect<Side, un
         failuresByReason,
         retriesPerCall: calls === 0 ? 0 : reports.reduce((n, r) => n + r.retries, 0) / calls,
         attemptsPerCall: calls === 0 ? 0 : reports.reduce((n, r) => n + r.attempts, 0) / calls,
-        rejections: reports.reduce((n, r) => n + r.rejections, 0)
+        rejections: reports.reduce((n, r) => n + r.rejections, 0),
+        poolConnectionsOpened: reports.reduce((n, r) => n + r.connectionsOpened, 0),
+        acceptedTotal
       } satisfies Side
     })
   )
@@ -135,7 +142,7 @@ export const describe = (result: Effect.Success<ReturnType<typeof compare>>): st
       s.attemptsFirstSecondAfter
     ).padStart(
       5
-    )} in the first second after   attempts per call ${s.attemptsPerCall.toFixed(3)}, retries per call ${s.retriesPerCall.toFixed(3)}, rejections ${s.rejections}   calls ${
+    )} in the first second after   attempts per call ${s.attemptsPerCall.toFixed(3)}, retries per call ${s.retriesPerCall.toFixed(3)}, rejections ${s.rejections}   connections: ${s.acceptedTotal} accepted, ${s.poolConnectionsOpened} by the pools   calls ${
       s.calls
     }, failed ${s.failed}`
   return [
