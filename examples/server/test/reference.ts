@@ -95,5 +95,5 @@ export const rewrite = (readme: string): string => {
 
 if (process.argv.includes("--write")) {
   writeFileSync(readmePath, rewrite(readFileSync(readmePath, "utf8")))
-  console.log(`README.md: ${Object.keys(blocks).join(", ")} regenerated`)
+  process.stdout.write(`README.md: ${Object.keys(blocks).join(", ")} regenerated\n`)
 }

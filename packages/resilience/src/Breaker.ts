@@ -348,12 +348,22 @@ export const admit = (cell: Cell, now: () => number): Admission => {
   }
 }
 
-const open = (cell: Cell, from: "Closed" | "HalfOpen", now: number, openFor: (n: number) => number): Transition => {
+const open = (cell: Cell, from: "Closed" | "HalfOpen", now: number, openFor: (n: number) => number): Transition =>
+  enterOpen(cell, from, now, cell.consecutiveOpenings + 1, openFor(cell.consecutiveOpenings + 1))
+
+/** Opens the circuit for `openForMillis`, as its `openings`-th consecutive opening. */
+const enterOpen = (
+  cell: Cell,
+  from: "Closed" | "HalfOpen",
+  now: number,
+  openings: number,
+  openForMillis: number
+): Transition => {
   cell.state = "Open"
   cell.generation++
-  cell.consecutiveOpenings++
-  cell.lastOpenFor = openFor(cell.consecutiveOpenings)
-  cell.openUntil = now + cell.lastOpenFor
+  cell.consecutiveOpenings = openings
+  cell.lastOpenFor = openForMillis
+  cell.openUntil = now + openForMillis
   cell.probing = false
   cell.streak = 0
   cell.ring = []
@@ -483,23 +493,13 @@ export const openedElsewhere = (
     if (time + retryAfterMillis > cell.openUntil) cell.openUntil = time + retryAfterMillis
     return undefined
   }
-  const from = cell.state
-  cell.state = "Open"
-  cell.generation++
-  cell.consecutiveOpenings = Math.max(cell.consecutiveOpenings, Math.floor(consecutiveOpenings), 1)
-  cell.lastOpenFor = retryAfterMillis
-  cell.openUntil = time + retryAfterMillis
-  cell.probing = false
-  cell.streak = 0
-  cell.ring = []
-  cell.ringFailures = 0
-  return {
-    key: cell.key,
-    from,
-    to: "Open",
-    retryAfter: Duration.millis(retryAfterMillis),
-    consecutiveOpenings: cell.consecutiveOpenings
-  }
+  return enterOpen(
+    cell,
+    cell.state,
+    time,
+    Math.max(cell.consecutiveOpenings, Math.floor(consecutiveOpenings), 1),
+    retryAfterMillis
+  )
 }
 
 /**

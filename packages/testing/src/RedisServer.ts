@@ -31,9 +31,9 @@
 import { Context, Deferred, Duration, Effect, Exit, Layer, Schema, type Scope, Semaphore } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs/promises"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Process from "./internal/process.ts"
 
 /**
  * A failure to find, start or stop `redis-server`.
@@ -88,25 +88,9 @@ const logLines = 500
 
 const describe = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 
-const freePort = Effect.callback<number, RedisServerError>((resume) => {
-  const server = Net.createServer()
-  server.once("error", (cause) =>
-    resume(
-      Effect.fail(new RedisServerError({ operation: "start", message: `RedisServer: no free port: ${cause.message}` }))
-    )
-  )
-  server.listen(0, host, () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
-
-const isExecutable = (file: string): Promise<boolean> =>
-  Fs.access(file, Fs.constants.X_OK).then(
-    () => true,
-    () => false
-  )
+const freePort = Process.freePort(host).pipe(
+  Effect.mapError((message) => new RedisServerError({ operation: "start", message: `RedisServer: ${message}` }))
+)
 
 /** The binary given, else `redis-server` on PATH, else Debian's `/usr/bin/redis-server`. */
 const findBinary = (given: string | undefined): Effect.Effect<string, RedisServerError> =>
@@ -122,7 +106,7 @@ const findBinary = (given: string | undefined): Effect.Effect<string, RedisServe
             systemBinary
           ]
     for (const candidate of candidates) {
-      if (await isExecutable(candidate)) return candidate
+      if (await Process.isExecutable(candidate)) return candidate
     }
     return undefined
   }).pipe(
