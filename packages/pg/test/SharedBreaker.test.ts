@@ -136,6 +136,17 @@ describe("SharedBreaker: 4 processes, one PostgreSQL, one Redis", () => {
             assert.strictEqual(whileOpen[i]!.state, "Open")
           }
           const leaderAttempts = whileOpen[0]!.attempts - before[0]!.attempts
+          // One process probes for the fleet while the circuit is open: the others leave their probes to it.
+          yield* Eventually.holds(
+            Effect.map(
+              reports(workers),
+              (all) => all.filter((r, i) => r.shared.probesLeft > before[i]!.shared.probesLeft).length === 3
+            ),
+            { timeout: "5 seconds", what: "three processes left their probes to the fourth" }
+          )
+          const probing = yield* reports(workers)
+          const probers = probing.filter((r, i) => r.shared.probesRun > before[i]!.shared.probesRun)
+          assert.strictEqual(probers.length, 1, "processes that probed while the circuit was open")
 
           // PostgreSQL is back: a health probe in one process closes its breaker, and the close reaches the others.
           yield* server.start
@@ -148,7 +159,8 @@ describe("SharedBreaker: 4 processes, one PostgreSQL, one Redis", () => {
           const afterClose = yield* reports(workers)
           const closedHere = afterClose.map((r, i) => r.shared.published - whileOpen[i]!.shared.published)
           const closedByOthers = afterClose.filter((r, i) => r.shared.applied - whileOpen[i]!.shared.applied > 0)
-          assert.isAtLeast(closedByOthers.length, 1, "no breaker was closed by another process's probe")
+          assert.strictEqual(closedHere.filter((n) => n > 0).length, 1, "processes whose own probe closed the circuit")
+          assert.strictEqual(closedByOthers.length, 3, "breakers closed by the one process's probe")
           assert.isBelow(closeSpread, 100, `closes spread over ${closeSpread} ms`)
           for (const worker of workers) assert.deepStrictEqual(yield* worker.call(3), ["ok", "ok", "ok"])
 
@@ -196,6 +208,7 @@ describe("SharedBreaker: 4 processes, one PostgreSQL, one Redis", () => {
               "SharedBreaker fleet (4 processes):",
               `  open propagation to the 3 followers: ${propagation.join(", ")} ms`,
               `  leader attempts before opening: ${leaderAttempts}; follower attempts while open: 0 (${avoided} calls rejected, ${avoided} attempts avoided, plus the 5 each would have made to open on its own: ${followers.length * 5})`,
+              `  probes while open: ${probing.map((r, i) => `${r.shared.probesRun - before[i]!.shared.probesRun} run/${r.shared.probesLeft - before[i]!.shared.probesLeft} left`).join(", ")}`,
               `  closes: published by ${closedHere.filter((n) => n > 0).length} process(es), applied by ${closedByOthers.length}; spread ${closeSpread} ms`,
               "  Redis killed: 0 calls failed; every process warned once and opened on its own 5 attempts"
             ].join("\n")

@@ -195,6 +195,12 @@ export interface Service {
    * `record` must follow every admitted `admit`.
    */
   readonly local?: Local | undefined
+  /**
+   * Whether this process should run the out-of-band probe for `key` now (the
+   * health monitor's, while the circuit is not closed): `SharedBreaker` lets
+   * one process of the fleet probe for all of them. Absent: always.
+   */
+  readonly shouldProbe?: ((key: string) => Effect.Effect<boolean>) | undefined
 }
 
 /**

@@ -94,6 +94,12 @@ export interface Options<E> {
   readonly fastInterval?: Duration.Input | undefined
   /** Probe at `fastInterval` while this is true, even when healthy (for example while a breaker is open). */
   readonly probeFastWhile?: Effect.Effect<boolean> | undefined
+  /**
+   * Asked before each periodic probe: while it answers `false` the probe is
+   * left out and the last result stands (another process probes for this one:
+   * see `SharedBreaker`). `check` always probes.
+   */
+  readonly probeWhen?: Effect.Effect<boolean> | undefined
   /** Bound on one probe; a probe that takes longer is unhealthy. */
   readonly timeout: Duration.Input
   readonly onStartup?: "degraded" | "fail" | undefined
@@ -213,7 +219,14 @@ export const make = Effect.fnUntraced(function* <E>(
       healthy && !(yield* Effect.catchDefect(probeFastWhile, () => Effect.succeed(true))) ? interval : fastInterval
     yield* Effect.timeoutOption(Queue.take(wake), delay)
   })
-  yield* Effect.forkScoped(Effect.forever(Effect.andThen(wait, check)))
+  const periodic =
+    options.probeWhen === undefined
+      ? check
+      : Effect.flatMap(
+          Effect.catchDefect(options.probeWhen, () => Effect.succeed(true)),
+          (probe) => (probe ? check : Effect.void)
+        )
+  yield* Effect.forkScoped(Effect.forever(Effect.andThen(wait, periodic)))
 
   return {
     lastHealthCheck: SubscriptionRef.get(ref),

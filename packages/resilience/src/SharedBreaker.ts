@@ -16,6 +16,13 @@
  * the channel of every key it uses and ignores its own messages (they carry
  * its `origin`).
  *
+ * One process probes for the fleet: while the circuit is not closed, the
+ * health monitor of the process holding the lease `<prefix>prober:<key>`
+ * (taken by the first to ask, renewed by each of its probes, `probeLease`
+ * long) probes every 250 ms; the others leave their probes to it, and close
+ * when its close arrives. A holder that stops probing (it closed, or died)
+ * hands over when the lease runs out; without Redis, every process probes.
+ *
  * Redis is built from the `redis` layer given (for example
  * `NodeRedis.layer({ url })` from `@effect/platform-node`) in the
  * background: the layer never fails and never waits for it. While Redis
@@ -70,6 +77,13 @@ export interface Options extends Breaker.Options {
   readonly maxMessageAge?: Duration.Input | undefined
   /** This process's id in its messages. Default a random one. */
   readonly origin?: string | undefined
+  /**
+   * How long the process that probes for the fleet keeps that role without
+   * probing again: when it stops (it closed its circuit, or it died), another
+   * process takes over after this long. Default 10 seconds, more than a health
+   * probe's 5 s timeout.
+   */
+  readonly probeLease?: Duration.Input | undefined
 }
 
 /**
@@ -91,6 +105,10 @@ export interface Stats {
   readonly ignored: number
   /** Channels subscribed to right now (one per key in use, while Redis answers). */
   readonly subscribed: number
+  /** Out-of-band probes this process ran for the fleet (it held the probe lease, or Redis was unreachable). */
+  readonly probesRun: number
+  /** Out-of-band probes this process left to the process holding the lease. */
+  readonly probesLeft: number
 }
 
 /**
@@ -212,6 +230,17 @@ export const decide = (
 
 const randomOrigin = () => globalThis.crypto.randomUUID()
 
+/** Takes or renews the probe lease `KEYS[1]` for `ARGV[1]`, for `ARGV[2]` ms: 1 when this process holds it. */
+const claimLease = Redis.script((key: string, origin: string, millis: string) => [key, origin, millis], {
+  lua: `local holder = redis.call("GET", KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 1
+end
+return 0`,
+  numberOfKeys: 1
+}).withReturnType<number>()
+
 /**
  * The shared breaker; its Redis connection, subscriptions and background
  * fibers end with the scope.
@@ -227,7 +256,25 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const channelOf = (key: string) => `${prefix}${key}`
   const stateKeyOf = (key: string) => `${prefix}state:${key}`
 
-  const stats = { published: 0, unpublished: 0, applied: 0, own: 0, ignored: 0, subscribed: 0 }
+  const lease = Duration.fromInputUnsafe(options.probeLease ?? Duration.seconds(10))
+  if (!Duration.isFinite(lease) || !(Duration.toMillis(lease) >= 1)) {
+    throw new RangeError(
+      `SharedBreaker.make: probeLease must be a finite duration >= 1 ms, got ${Duration.format(lease)}`
+    )
+  }
+  const leaseMillis = String(Math.round(Duration.toMillis(lease)))
+  const proberKeyOf = (key: string) => `${prefix}prober:${key}`
+
+  const stats = {
+    published: 0,
+    unpublished: 0,
+    applied: 0,
+    own: 0,
+    ignored: 0,
+    subscribed: 0,
+    probesRun: 0,
+    probesLeft: 0
+  }
   const keys = new Set<string>()
   const newKeys = yield* Queue.unbounded<string>()
   const outbox = yield* Queue.unbounded<Message>()
@@ -394,6 +441,30 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       }
     })
 
+  /**
+   * One process probes for the fleet: the one holding the lease, which each of
+   * its probes renews. Any doubt (Redis unreachable, slow, failing) means
+   * probing: a missed probe costs the fleet its recovery, an extra one a
+   * connection attempt.
+   */
+  const shouldProbe = (key: string): Effect.Effect<boolean> =>
+    Effect.suspend(() => {
+      const current = connection
+      const claim =
+        current === undefined || sharing !== true
+          ? Effect.succeed(true)
+          : withTimeout(current.redis.eval(claimLease)(proberKeyOf(key), origin, leaseMillis)).pipe(
+              Effect.map((won) => won === 1),
+              Effect.orElseSucceed(() => true)
+            )
+      return Effect.tap(claim, (mine) =>
+        Effect.sync(() => {
+          if (mine) stats.probesRun++
+          else stats.probesLeft++
+        })
+      )
+    })
+
   const drainOutbox = Effect.gen(function* () {
     while (true) yield* send(yield* Queue.take(outbox))
   })
@@ -415,6 +486,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   return {
     ...inner,
     local,
+    shouldProbe,
     origin,
     sharing: Effect.sync(() => sharing === true),
     stats: Effect.sync(() => ({ ...stats }))

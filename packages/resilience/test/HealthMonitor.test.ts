@@ -170,6 +170,32 @@ describe("HealthMonitor", () => {
         }).pipe(Effect.scoped)
     )
 
+    it.effect(
+      "probeWhen: a periodic probe is left out while it answers false, the last result stands, check still probes",
+      () =>
+        Effect.gen(function* () {
+          const { probe, started } = yield* scripted(["down"])
+          const mine = yield* Ref.make(false)
+          const asked = yield* Ref.make(0)
+          const monitor = yield* HealthMonitor.make({
+            probe,
+            interval: "10 seconds",
+            timeout: "1 second",
+            probeWhen: Effect.andThen(Ref.update(asked, (n) => n + 1), Ref.get(mine))
+          })
+          // The start-up probe is not asked about; the periodic ones are, at the fast interval (unhealthy).
+          yield* TestClock.adjust(1000)
+          assert.deepStrictEqual(started, [0])
+          assert.strictEqual(yield* Ref.get(asked), 4)
+          assert.strictEqual(yield* statusOf(monitor), "unhealthy")
+          assert.strictEqual((yield* monitor.check).status, "unhealthy")
+          assert.deepStrictEqual(started, [0, 1000])
+          yield* Ref.set(mine, true)
+          yield* TestClock.adjust(250)
+          assert.deepStrictEqual(started, [0, 1000, 1250])
+        }).pipe(Effect.scoped)
+    )
+
     it.effect("stops probing when its scope closes", () =>
       Effect.gen(function* () {
         const { probe, started } = yield* scripted(["up"])

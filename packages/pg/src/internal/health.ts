@@ -44,6 +44,10 @@ export const make = Effect.fnUntraced(function* (options: {
     ),
     interval: profile.healthCheckInterval,
     probeFastWhile: Effect.map(circuitClosed, (closed) => !closed),
+    // While the circuit is not closed, a shared breaker lets one process of the fleet probe for all of them.
+    ...(breaker.shouldProbe !== undefined && {
+      probeWhen: Effect.flatMap(circuitClosed, (closed) => (closed ? Effect.succeed(true) : breaker.shouldProbe!(key)))
+    }),
     timeout: profile.healthCheckTimeout,
     onStartup: options.onStartup,
     describe
