@@ -1,11 +1,15 @@
 /**
  * A fleet through an outage: `processes` OS processes (`fleetWorker.ts`), each
  * with `callers` open-loop readers, on one server behind a counting proxy,
- * which stops for `outage` and comes back. Run twice, side by side: each
- * process on its own (local breakers, no retry budget), then as a fleet (the
- * breaker shared through Redis, and the retry budget). The figure is what the
- * server's port sees: connection attempts per second during the outage and in
- * the first second after it, which the proxy counts as it accepts them.
+ * which stops for `outage` and comes back. Run once per configuration, side by
+ * side: plain `@effect/sql-pg`; Sturdy with its defaults, each process on its
+ * own, without and with its retry budget; Sturdy as a fleet (the breaker and
+ * the budget shared through Redis); and the same three with a breaker that
+ * never opens, which shows what the budget alone does. The figures are what
+ * the server's port sees (connection attempts per second during the outage
+ * and in the first second after it, which the proxy counts as it accepts
+ * them), and those attempts over the first attempts the callers made during
+ * the outage.
  */
 import type { PgServer } from "@sturdy/testing"
 import { FaultProxy } from "@sturdy/testing"
@@ -21,6 +25,25 @@ export interface Options {
   readonly outage?: Duration.Input | undefined
 }
 
+/** One way of running the fleet's processes (see `fleetWorker.ts`). */
+export interface Configuration {
+  readonly label: string
+  readonly client: "plain" | "sturdy"
+  readonly share: boolean
+  readonly budget: boolean
+  readonly breaker: "default" | "never"
+}
+
+export const configurations: ReadonlyArray<Configuration> = [
+  { label: "plain @effect/sql-pg", client: "plain", share: false, budget: false, breaker: "default" },
+  { label: "Sturdy, each alone, no budget", client: "sturdy", share: false, budget: false, breaker: "default" },
+  { label: "Sturdy, each alone (the defaults)", client: "sturdy", share: false, budget: true, breaker: "default" },
+  { label: "Sturdy as a fleet (shared on Redis)", client: "sturdy", share: true, budget: true, breaker: "default" },
+  { label: "breaker never opens, no budget", client: "sturdy", share: false, budget: false, breaker: "never" },
+  { label: "breaker never opens, each its budget", client: "sturdy", share: false, budget: true, breaker: "never" },
+  { label: "breaker never opens, fleet budget", client: "sturdy", share: true, budget: true, breaker: "never" }
+]
+
 /** What one process reports when it stops. */
 export interface Worker {
   readonly calls: number
@@ -33,11 +56,13 @@ export interface Worker {
 }
 
 export interface Side {
-  readonly mode: "local" | "fleet"
+  readonly configuration: Configuration
   /** Connection attempts that reached the endpoint per second while the server was down. */
   readonly attemptsPerSecondDuringOutage: number
   /** Connection attempts that reached the endpoint in the first second after it was back. */
   readonly attemptsFirstSecondAfter: number
+  /** Connection attempts during the outage over the first attempts the callers made in it (their fixed rate). */
+  readonly attemptsPerFirstAttempt: number
   readonly calls: number
   readonly failed: number
   readonly failuresByReason: Readonly<Record<string, number>>
@@ -52,11 +77,11 @@ export interface Side {
   readonly acceptedTotal: number
 }
 
-const spawn = (mode: "local" | "fleet", env: Record<string, string>) =>
+const spawn = (env: Record<string, string>) =>
   Effect.acquireRelease(
     Effect.callback<ChildProcess, Error>((resume) => {
       const child = fork(new URL("./fleetWorker.ts", import.meta.url), [], {
-        env: { ...process.env, ...env, FLEET_MODE: mode },
+        env: { ...process.env, ...env },
         stdio: ["ignore", "inherit", "inherit", "ipc"]
       })
       child.once("message", (message) => {
@@ -76,7 +101,7 @@ const stopWorker = (child: ChildProcess) =>
     child.send("stop")
   })
 
-const side = (mode: "local" | "fleet", options: Options): Effect.Effect<Side, unknown, Scope.Scope> =>
+const side = (configuration: Configuration, options: Options): Effect.Effect<Side, unknown, Scope.Scope> =>
   Effect.scoped(
     Effect.gen(function* () {
       const { server } = options
@@ -85,9 +110,15 @@ const side = (mode: "local" | "fleet", options: Options): Effect.Effect<Side, un
         FLEET_URL: Redacted.value(proxy.url),
         FLEET_REDIS: options.redisUrl,
         FLEET_CALLERS: String(options.callers ?? 50),
-        FLEET_PER_CALLER: String(options.perCaller ?? 2)
+        FLEET_PER_CALLER: String(options.perCaller ?? 2),
+        FLEET_CLIENT: configuration.client,
+        FLEET_SHARE: configuration.share ? "1" : "0",
+        FLEET_BUDGET: configuration.budget ? "1" : "0",
+        FLEET_BREAKER: configuration.breaker
       }
-      const workers = yield* Effect.forEach(Array.from({ length: options.processes ?? 4 }), () => spawn(mode, env), {
+      const processes = options.processes ?? 4
+      const firstAttemptsPerSecond = processes * (options.callers ?? 50) * (options.perCaller ?? 2)
+      const workers = yield* Effect.forEach(Array.from({ length: processes }), () => spawn(env), {
         concurrency: "unbounded"
       })
       const accepted = Effect.map(proxy.connections, (c) => c.accepted)
@@ -113,8 +144,9 @@ const side = (mode: "local" | "fleet", options: Options): Effect.Effect<Side, un
       }
       const calls = reports.reduce((n, r) => n + r.calls, 0)
       return {
-        mode,
+        configuration,
         attemptsPerSecondDuringOutage: Math.round(duringOutage / outageSeconds),
+        attemptsPerFirstAttempt: duringOutage / (firstAttemptsPerSecond * outageSeconds),
         attemptsFirstSecondAfter: firstSecond,
         calls,
         failed: reports.reduce((n, r) => n + r.failed, 0),
@@ -128,26 +160,39 @@ const side = (mode: "local" | "fleet", options: Options): Effect.Effect<Side, un
     })
   )
 
-/** Both runs, one after the other, on the same server. */
+/** Every configuration, one after the other, on the same server. */
 export const compare = (options: Options) =>
   Effect.gen(function* () {
-    const local = yield* side("local", options)
-    const fleet = yield* side("fleet", options)
-    return { local, fleet, outageSeconds: Duration.toSeconds(Duration.fromInputUnsafe(options.outage ?? "10 seconds")) }
+    const sides: Array<Side> = []
+    for (const configuration of configurations) sides.push(yield* side(configuration, options))
+    return {
+      sides,
+      processes: options.processes ?? 4,
+      callers: options.callers ?? 50,
+      outageSeconds: Duration.toSeconds(Duration.fromInputUnsafe(options.outage ?? "10 seconds"))
+    }
   })
 
 export const describe = (result: Effect.Success<ReturnType<typeof compare>>): string => {
-  const line = (label: string, s: Side) =>
-    `  ${label.padEnd(44)} ${String(s.attemptsPerSecondDuringOutage).padStart(6)}/s during   ${String(
-      s.attemptsFirstSecondAfter
-    ).padStart(
-      5
-    )} in the first second after   attempts per call ${s.attemptsPerCall.toFixed(3)}, retries per call ${s.retriesPerCall.toFixed(3)}, rejections ${s.rejections}   connections: ${s.acceptedTotal} accepted, ${s.poolConnectionsOpened} by the pools   calls ${
+  const line = (s: Side) =>
+    `  ${s.configuration.label.padEnd(38)} ${String(s.attemptsPerSecondDuringOutage).padStart(5)}/s ${s.attemptsPerFirstAttempt
+      .toFixed(3)
+      .padStart(
+        7
+      )} ${String(s.attemptsFirstSecondAfter).padStart(6)}   ${s.attemptsPerCall.toFixed(3).padStart(6)} ${s.retriesPerCall
+      .toFixed(3)
+      .padStart(6)}   ${String(s.acceptedTotal).padStart(5)} ${String(s.poolConnectionsOpened).padStart(5)}   ${String(
       s.calls
-    }, failed ${s.failed}`
+    ).padStart(5)} ${String(s.failed).padStart(5)}`
   return [
-    `4 processes, a ${result.outageSeconds} s outage: connection attempts reaching the server's port`,
-    line("each process on its own (local breakers, no budget)", result.local),
-    line("as a fleet (breaker shared on Redis, retry budget)", result.fleet)
+    `${result.processes} processes x ${result.callers} readers, a ${result.outageSeconds} s outage: connection attempts reaching the server's port`,
+    "",
+    `  ${"".padEnd(38)} ${"during the outage".padStart(15)} ${"1st s".padStart(6)}   ${"per call".padStart(13)}   ${"connections".padStart(11)}   ${"calls".padStart(11)}`,
+    `  ${"".padEnd(38)} ${"/s".padStart(7)} ${"/first".padStart(7)} ${"after".padStart(6)}   ${"att.".padStart(6)} ${"retr.".padStart(6)}   ${"all".padStart(5)} ${"pools".padStart(5)}   ${"all".padStart(5)} ${"fail".padStart(5)}`,
+    ...result.sides.map(line),
+    "",
+    "  /first: attempts at the port during the outage over the first attempts the callers made in it. att. and retr.:",
+    "  the clients' own attempts (rejected ones excluded) and retries over their calls. pools: connections the pools opened",
+    "  (the rest of all are the health probes' own sessions)."
   ].join("\n")
 }

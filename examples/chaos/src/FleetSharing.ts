@@ -6,9 +6,9 @@
 import { NodeRedis } from "@effect/platform-node"
 import { Breaker, Profile, SharedBreaker } from "@sturdy/resilience"
 
-export const breaker = (url: string) =>
+export const breaker = (url: string, neverOpens = false) =>
   SharedBreaker.layer({
-    tripPolicy: Breaker.consecutive(Profile.development.breakerFailures),
+    tripPolicy: Breaker.consecutive(neverOpens ? 1_000_000_000 : Profile.development.breakerFailures),
     openDuration: Profile.openDuration(Profile.development),
     redis: NodeRedis.layer({ url })
   })

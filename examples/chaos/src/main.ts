@@ -401,14 +401,15 @@ const failover: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function*
 })
 
 /**
- * `--scenario fleet`: four processes of Sturdy on one embedded server through a 10 s outage, each on its own and then
- * as a fleet (the breaker shared through a real Redis, and the retry budget): connection attempts reaching the
- * server's port during the outage and in the first second after it.
+ * `--scenario fleet`: four processes on one embedded server through a 10 s outage, once per configuration (plain
+ * `@effect/sql-pg`; Sturdy alone, without and with its retry budget; Sturdy as a fleet, the breaker and the budget
+ * shared through a real Redis; the same with a breaker that never opens, for the budget alone): connection attempts
+ * reaching the server's port during the outage and in the first second after it.
  */
 const fleet: Effect.Effect<void, unknown, Scope.Scope> = Effect.gen(function* () {
   if (!args.json) {
     yield* write(
-      "Starting an embedded PostgreSQL 18 and a Redis (Debian's redis-server); 4 processes of 50 readers, 2 reads/s each, through a counting proxy; the server stops for 10 s...\n\n"
+      `Starting an embedded PostgreSQL 18 and a Redis (Debian's redis-server); 4 processes of 50 readers, 2 reads/s each, through a counting proxy; the server stops for 10 s, once for each of ${Fleet.configurations.length} configurations (about ${Fleet.configurations.length * 17} s)...\n\n`
     )
   }
   const server = yield* PgServer.makeEmbedded

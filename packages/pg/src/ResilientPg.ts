@@ -458,8 +458,14 @@ export const make = Effect.fnUntraced(function* (
   )
 
   const recorder = new DatabaseMetrics.Recorder()
+  // A fleet's budgets (`SharedBreaker.layer`) when in context, else the client's own.
+  const budgets = Option.getOrUndefined(yield* Effect.serviceOption(RetryBudget.Budgets))
   const budget =
-    retryBudget === undefined ? undefined : new RetryBudget.RetryBudget(retryBudget, yield* Clock.currentTimeMillis)
+    retryBudget === undefined
+      ? undefined
+      : budgets === undefined
+        ? new RetryBudget.RetryBudget(retryBudget, yield* Clock.currentTimeMillis)
+        : yield* budgets.make(key, retryBudget, yield* Clock.currentTimeMillis)
   recorder.retryBudget = budget
   const statements = new StatementStats.Table(options.statementStatsSize ?? 500)
   const stack = yield* Stack.make({

@@ -304,6 +304,49 @@ describe("SharedBreaker in one process, against a real Redis", () => {
     30_000
   )
 
+  it.live(
+    "retry budgets: what one process spends is gone for the others after a sync; the fleet's floor refills it",
+    () =>
+      Effect.gen(function* () {
+        const redis = yield* RedisServer.make()
+        const options = { redis: NodeRedis.layer({ url: redis.url }), budgetSyncInterval: "50 millis" } as const
+        const a = yield* SharedBreaker.make({
+          ...options,
+          tripPolicy: Breaker.consecutive(2),
+          openDuration: "5 seconds"
+        })
+        const b = yield* SharedBreaker.make({
+          ...options,
+          tripPolicy: Breaker.consecutive(2),
+          openDuration: "5 seconds"
+        })
+        yield* Eventually.holds(
+          Effect.map(Effect.all([a.sharing, b.sharing]), (all) => all.every(Boolean)),
+          { timeout: "10 seconds", what: "both share" }
+        )
+        const settings = { ratio: 0.1, minRetriesPerSecond: 2 }
+        const budgetA = yield* a.budgets.make(key, settings, Date.now())
+        const budgetB = yield* b.budgets.make(key, settings, Date.now())
+        // Apart, each would allow 100 retries; together they allow the fleet's 100 and what its floor adds.
+        let granted = 0
+        while (budgetA.tryAcquire(Date.now())) granted++
+        assert.isAtLeast(granted, 100)
+        yield* Eventually.holds(
+          Effect.sync(() => budgetB.available(Date.now()) < 1),
+          { timeout: "5 seconds", what: "b's budget lowered to the fleet's" }
+        )
+        assert.isFalse(budgetB.tryAcquire(Date.now()))
+        // The fleet's floor (2 per second) gives a retry back within about half a second, to either process.
+        const refilled = yield* Eventually.until(
+          Effect.sync(() => budgetB.tryAcquire(Date.now())),
+          { timeout: "5 seconds", what: "b retries again on the fleet's floor", accept: (ok) => ok }
+        )
+        assert.isTrue(refilled)
+        assert.isAbove((yield* b.stats).budgetSyncs, 0)
+      }).pipe(Effect.scoped),
+    30_000
+  )
+
   it("messages: own, other key, too old and malformed ones are not applied", () => {
     const context = { origin: "me", key, now: 10_000, maxAgeMillis: 5000 }
     const open = SharedBreaker.messageOf(

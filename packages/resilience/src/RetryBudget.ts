@@ -23,13 +23,20 @@
  * asks for a token (`now` is passed in, so the module is pure and a test
  * controls time).
  *
- * **Gotchas**
+ * **Across a fleet**
  *
- * The bucket is not thread-safe across processes: one budget per client,
- * in process.
+ * A bucket is one process's. `SharedBreaker.layer` also shares the budgets
+ * of the clients built on it through its Redis (the `Budgets` service): each
+ * process still decides every retry on its own bucket, with no round trip,
+ * and every 250 ms sends what it deposited and spent to a fleet bucket on
+ * Redis (same ratio, floor and capacity, for the whole fleet) and lowers its
+ * own balance to the fleet's (`report`, `settle`). So a fleet retries about
+ * as much as one process would, give or take what its processes spend within
+ * one sync.
  *
  * @since 0.1.0
  */
+import { Context, type Effect, type Scope } from "effect"
 
 /**
  * @since 0.1.0
@@ -90,6 +97,9 @@ export class RetryBudget {
   private updatedAt: number
   /** Retries refused so far. */
   refused = 0
+  /** Deposited and spent since the last `report`, for a fleet's bucket. */
+  private deposited = 0
+  private spent = 0
 
   constructor(options: { readonly ratio: number; readonly minRetriesPerSecond: number }, now: number) {
     this.ratio = options.ratio
@@ -102,6 +112,7 @@ export class RetryBudget {
   /** A success: `ratio` of a token, up to the capacity. */
   deposit(): void {
     if (this.tokens < this.capacity) this.tokens += this.ratio
+    this.deposited += this.ratio
   }
 
   /** Tokens available at `now` (milliseconds): the balance plus the floor's refill since, at most the capacity. */
@@ -117,13 +128,48 @@ export class RetryBudget {
     // A small epsilon: ten deposits of 0.1 add up to 0.9999999999999999.
     if (available + 1e-9 >= cost) {
       this.tokens = available - cost
+      this.spent += cost
       return true
     }
     this.tokens = available
     this.refused++
     return false
   }
+
+  /** What was deposited and spent since the last report (a fleet's sync sends it), and starts counting afresh. */
+  report(): { readonly deposited: number; readonly spent: number } {
+    const report = { deposited: this.deposited, spent: this.spent }
+    this.deposited = 0
+    this.spent = 0
+    return report
+  }
+
+  /** The fleet's bucket holds `balance` at `now`: this process's may not hold more. */
+  settle(balance: number, now: number): void {
+    this.tokens = Math.min(this.available(now), Math.max(0, balance))
+    if (now > this.updatedAt) this.updatedAt = now
+  }
 }
+
+/**
+ * Where a client gets its budget when one is in context (`SharedBreaker.layer`
+ * provides one that keeps the budgets of a fleet in step); without it, each
+ * client makes its own.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class Budgets extends Context.Service<
+  Budgets,
+  {
+    /** The budget of the client of database `key`, kept in step with the fleet's while the scope lasts. */
+    readonly make: (
+      key: string,
+      options: { readonly ratio: number; readonly minRetriesPerSecond: number },
+      now: number
+    ) => Effect.Effect<RetryBudget, never, Scope.Scope>
+  }
+>()("@sturdy/resilience/RetryBudget/Budgets") {}
 
 /**
  * A budget, full, as of `now` (milliseconds).

@@ -58,9 +58,10 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, Exit, Layer, Metric, Queue, Schedule, Scope } from "effect"
+import { Clock, Context, Duration, Effect, Exit, Layer, Metric, Queue, Schedule, Scope } from "effect"
 import * as Redis from "effect/persistence/Redis"
 import * as Breaker from "./Breaker.ts"
+import * as RetryBudget from "./RetryBudget.ts"
 
 /**
  * @since 0.1.0
@@ -84,6 +85,13 @@ export interface Options extends Breaker.Options {
    * probe's 5 s timeout.
    */
   readonly probeLease?: Duration.Input | undefined
+  /**
+   * Whether the retry budgets of the clients on this breaker are kept in step
+   * across the fleet through the same Redis (see `RetryBudget`). Default `true`.
+   */
+  readonly shareRetryBudget?: boolean | undefined
+  /** How often a shared retry budget syncs with the fleet's. Default 250 ms. */
+  readonly budgetSyncInterval?: Duration.Input | undefined
 }
 
 /**
@@ -109,6 +117,8 @@ export interface Stats {
   readonly probesRun: number
   /** Out-of-band probes this process left to the process holding the lease. */
   readonly probesLeft: number
+  /** Syncs of this process's retry budgets with the fleet's that Redis answered. */
+  readonly budgetSyncs: number
 }
 
 /**
@@ -122,6 +132,8 @@ export interface Service extends Breaker.Service {
   /** Whether transitions are shared right now (Redis answers). */
   readonly sharing: Effect.Effect<boolean>
   readonly stats: Effect.Effect<Stats>
+  /** The clients' retry budgets, kept in step with the fleet's. */
+  readonly budgets: RetryBudget.Budgets["Service"]
 }
 
 /**
@@ -242,6 +254,39 @@ return 0`,
 }).withReturnType<number>()
 
 /**
+ * The fleet's retry budget `KEYS[1]`: refills at the floor `ARGV[4]` per second since the last sync (Redis's
+ * clock), takes a process's deposits `ARGV[1]` up to the capacity `ARGV[3]` and its spending `ARGV[2]`, and
+ * answers the balance. Spending within one sync may overdraw it, down to minus the capacity: the floor pays
+ * that back before anyone retries again.
+ */
+const fleetBudget = Redis.script(
+  (key: string, deposited: string, spent: string, capacity: string, floor: string) => [
+    key,
+    deposited,
+    spent,
+    capacity,
+    floor
+  ],
+  {
+    lua: `local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local capacity = tonumber(ARGV[3])
+local state = redis.call("HMGET", KEYS[1], "tokens", "at")
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or now
+if now > at then
+  tokens = tokens + (now - at) * tonumber(ARGV[4]) / 1000
+  at = now
+end
+tokens = math.max(-capacity, math.min(capacity, tokens + tonumber(ARGV[1])) - tonumber(ARGV[2]))
+redis.call("HSET", KEYS[1], "tokens", tostring(tokens), "at", tostring(at))
+redis.call("PEXPIRE", KEYS[1], 3600000)
+return tostring(tokens)`,
+    numberOfKeys: 1
+  }
+).withReturnType<string>()
+
+/**
  * The shared breaker; its Redis connection, subscriptions and background
  * fibers end with the scope.
  *
@@ -264,6 +309,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   }
   const leaseMillis = String(Math.round(Duration.toMillis(lease)))
   const proberKeyOf = (key: string) => `${prefix}prober:${key}`
+  const budgetKeyOf = (key: string) => `${prefix}budget:${key}`
 
   const stats = {
     published: 0,
@@ -273,7 +319,8 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     ignored: 0,
     subscribed: 0,
     probesRun: 0,
-    probesLeft: 0
+    probesLeft: 0,
+    budgetSyncs: 0
   }
   const keys = new Set<string>()
   const newKeys = yield* Queue.unbounded<string>()
@@ -465,6 +512,41 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       )
     })
 
+  const budgetSync = Duration.fromInputUnsafe(options.budgetSyncInterval ?? Duration.millis(250))
+  if (!Duration.isFinite(budgetSync) || !(Duration.toMillis(budgetSync) > 0)) {
+    throw new RangeError(
+      `SharedBreaker.make: budgetSyncInterval must be a positive finite duration, got ${Duration.format(budgetSync)}`
+    )
+  }
+  /** Sends what `budget` deposited and spent since the last sync, and lowers it to the fleet's balance. */
+  const syncBudget = (key: string, budget: RetryBudget.RetryBudget) =>
+    Effect.gen(function* () {
+      const { deposited, spent } = budget.report()
+      const current = connection
+      if (current === undefined || sharing !== true) return
+      const balance = yield* withTimeout(
+        current.redis.eval(fleetBudget)(
+          budgetKeyOf(key),
+          String(deposited),
+          String(spent),
+          String(budget.capacity),
+          String(budget.minRetriesPerSecond)
+        )
+      )
+      budget.settle(Number(balance), yield* Clock.currentTimeMillis)
+      stats.budgetSyncs++
+    }).pipe(Effect.ignore)
+  const budgets = RetryBudget.Budgets.of({
+    make: (key, settings, now) =>
+      Effect.gen(function* () {
+        const budget = new RetryBudget.RetryBudget(settings, now)
+        yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(budgetSync), syncBudget(key, budget))), {
+          startImmediately: true
+        })
+        return budget
+      })
+  })
+
   const drainOutbox = Effect.gen(function* () {
     while (true) yield* send(yield* Queue.take(outbox))
   })
@@ -487,6 +569,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     ...inner,
     local,
     shouldProbe,
+    budgets,
     origin,
     sharing: Effect.sync(() => sharing === true),
     stats: Effect.sync(() => ({ ...stats }))
@@ -495,14 +578,19 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
 
 /**
  * The shared breaker as the `Breaker` service (what `ResilientPg` picks up
- * from context) and as `SharedBreaker`, for its `sharing` and `stats`.
+ * from context) and as `SharedBreaker`, for its `sharing` and `stats`; unless
+ * `shareRetryBudget` is `false`, also `RetryBudget.Budgets`, which the
+ * clients built on it take their retry budgets from.
  *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Breaker.Breaker | SharedBreaker> =>
+export const layer = (options: Options): Layer.Layer<Breaker.Breaker | SharedBreaker | RetryBudget.Budgets> =>
   Layer.effectContext(
-    Effect.map(make(options), (service) =>
-      Context.make(SharedBreaker, service).pipe(Context.add(Breaker.Breaker, service))
-    )
+    Effect.map(make(options), (service) => {
+      const context = Context.make(SharedBreaker, service).pipe(Context.add(Breaker.Breaker, service))
+      return (
+        options.shareRetryBudget === false ? context : Context.add(context, RetryBudget.Budgets, service.budgets)
+      ) as Context.Context<Breaker.Breaker | SharedBreaker | RetryBudget.Budgets>
+    })
   )

@@ -181,7 +181,10 @@ describe("HealthMonitor", () => {
             probe,
             interval: "10 seconds",
             timeout: "1 second",
-            probeWhen: Effect.andThen(Ref.update(asked, (n) => n + 1), Ref.get(mine))
+            probeWhen: Effect.andThen(
+              Ref.update(asked, (n) => n + 1),
+              Ref.get(mine)
+            )
           })
           // The start-up probe is not asked about; the periodic ones are, at the fast interval (unhealthy).
           yield* TestClock.adjust(1000)

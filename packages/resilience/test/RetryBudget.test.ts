@@ -32,6 +32,26 @@ describe("RetryBudget", () => {
     assert.deepStrictEqual([budget.tryAcquire(0), budget.refused], [true, 2])
   })
 
+  it("report: deposits and spending since the last report; settle: never more than the fleet's balance", () => {
+    const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 1 }, 0)
+    for (let i = 0; i < 20; i++) budget.deposit()
+    for (let i = 0; i < 3; i++) assert.isTrue(budget.tryAcquire(0))
+    assert.isFalse(budget.tryAcquire(0, 1000), "refused: not spent")
+    const first = budget.report()
+    assert.deepStrictEqual([Math.round(first.deposited * 10) / 10, first.spent], [2, 3])
+    assert.deepStrictEqual(budget.report(), { deposited: 0, spent: 0 })
+    // The fleet holds 4.5: this process too. A fleet balance above its own, or overdrawn, changes it to no more than
+    // its own and no less than 0.
+    budget.settle(4.5, 0)
+    assert.strictEqual(budget.available(0), 4.5)
+    budget.settle(50, 0)
+    assert.strictEqual(budget.available(0), 4.5)
+    budget.settle(-7, 0)
+    assert.strictEqual(budget.available(0), 0)
+    // Its own floor still refills from there.
+    assert.strictEqual(budget.available(2000), 2)
+  })
+
   it("the floor refills over time, never beyond the capacity, and time going backwards adds nothing", () => {
     const budget = RetryBudget.make({ ratio: 0.1, minRetriesPerSecond: 1 }, 1000)
     for (let i = 0; i < 100; i++) assert.isTrue(budget.tryAcquire(1000))
