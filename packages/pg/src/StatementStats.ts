@@ -90,10 +90,14 @@ class Stat {
   }
 }
 
+/** How many recently recorded texts `Table` keeps beside their entries, by length (a power of two). */
+const recentSlots = 64
+
 /**
- * The bounded table. `record` is called on the client's hot path: a cached
- * fingerprint lookup, a few field updates, and a move to the recent end only
- * once in a while (the order is approximately least recently used).
+ * The bounded table. `record` is called on the client's hot path: a
+ * recently seen text finds its entry without being hashed (below), then a
+ * few field updates, and a move to the recent end only once in a while (the
+ * order is approximately least recently used).
  *
  * @since 0.1.0
  * @category models
@@ -102,6 +106,15 @@ export class Table {
   readonly maxEntries: number
   private readonly entries = new Map<string, Stat>()
   private readonly fingerprints = new Map<string, string>()
+  /**
+   * The last text recorded at each length (modulo `recentSlots`) and its
+   * entry. `@effect/sql` compiles a parameterized statement into a new
+   * string on every call, which a `Map` would hash (and flatten) each time;
+   * comparing it with the last text of the same length costs a comparison
+   * of characters, and stops at the first that differs.
+   */
+  private readonly recentSql: Array<string | undefined> = Array.from({ length: recentSlots }, () => undefined)
+  private readonly recentStat: Array<Stat | undefined> = Array.from({ length: recentSlots }, () => undefined)
   private tick = 0
 
   constructor(maxEntries: number) {
@@ -114,13 +127,30 @@ export class Table {
   /** `millis` undefined: a call that never waited (rejected by the breaker), counted but not timed. */
   record(sql: string | undefined, millis: number | undefined, errorReason: string | undefined): void {
     if (sql === undefined || this.maxEntries === 0) return
+    const tick = ++this.tick
+    const slot = sql.length & (recentSlots - 1)
+    let stat = this.recentSql[slot] === sql ? this.recentStat[slot] : undefined
+    if (stat === undefined) {
+      stat = this.entryOf(sql, tick)
+      this.recentSql[slot] = sql
+      this.recentStat[slot] = stat
+    } else if (tick - stat.touched > this.maxEntries / 4) {
+      this.entries.delete(stat.fingerprint)
+      this.entries.set(stat.fingerprint, stat)
+      stat.touched = tick
+    }
+    stat.calls++
+    this.update(stat, millis, errorReason)
+  }
+
+  /** The entry of a text, by its fingerprint: found (and moved to the recent end if due), or added. */
+  private entryOf(sql: string, tick: number): Stat {
     let key = this.fingerprints.get(sql)
     if (key === undefined) {
       key = fingerprint(sql)
       if (this.fingerprints.size >= this.maxEntries * 4) this.fingerprints.clear()
       this.fingerprints.set(sql, key)
     }
-    const tick = ++this.tick
     let stat = this.entries.get(key)
     if (stat === undefined) {
       stat = new Stat(key)
@@ -128,18 +158,18 @@ export class Table {
       if (this.entries.size > this.maxEntries) {
         // Maps iterate in insertion order: the first key is the least recently moved.
         this.entries.delete(this.entries.keys().next().value!)
+        // The evicted entry may be one of the recent texts'.
+        this.recentSql.fill(undefined)
+        this.recentStat.fill(undefined)
       }
     } else if (tick - stat.touched > this.maxEntries / 4) {
       this.entries.delete(key)
       this.entries.set(key, stat)
     } else {
-      stat.calls++
-      this.update(stat, millis, errorReason)
-      return
+      return stat
     }
     stat.touched = tick
-    stat.calls++
-    this.update(stat, millis, errorReason)
+    return stat
   }
 
   private update(stat: Stat, millis: number | undefined, errorReason: string | undefined) {

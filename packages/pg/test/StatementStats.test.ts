@@ -77,6 +77,32 @@ describe("StatementStats.Table", () => {
     assert.include(names, "SELECT * FROM ug")
   })
 
+  it("counts texts built anew on every call, of the same length, and a text back after its entry was evicted", () => {
+    const table = new StatementStats.Table(1)
+    // As `@effect/sql` compiles a parameterized statement: a new string on each call.
+    const text = (table_: string) => ["SELECT v FROM ", table_, " WHERE id = $1"].join("")
+    for (let i = 0; i < 3; i++) table.record(text("ka"), 1, undefined)
+    // Same length, another statement: the table keeps one entry, so this evicts "ka".
+    table.record(text("kb"), 2, "SqlSyntaxError")
+    table.record(text("ka"), 3, undefined)
+    assert.deepStrictEqual(
+      table.snapshot().map((entry) => [entry.fingerprint, entry.calls, entry.errors, entry.meanMillis]),
+      [["SELECT v FROM ka WHERE id = ?", 1, 0, 3]]
+    )
+    const wider = new StatementStats.Table(8)
+    for (let i = 0; i < 4; i++) {
+      wider.record(text("ka"), 1, undefined)
+      wider.record(text("kb"), 1, i === 3 ? "StatementTimeout" : undefined)
+    }
+    assert.deepStrictEqual(
+      wider.snapshot().map((entry) => [entry.fingerprint, entry.calls, entry.errors, entry.lastErrorReason]),
+      [
+        ["SELECT v FROM ka WHERE id = ?", 4, 0, undefined],
+        ["SELECT v FROM kb WHERE id = ?", 4, 1, "StatementTimeout"]
+      ]
+    )
+  })
+
   it("records nothing with maxEntries 0 and rejects a bad size", () => {
     const table = new StatementStats.Table(0)
     table.record("SELECT 1", 1, undefined)

@@ -52,25 +52,34 @@ export class WatchedConnection implements Connection {
     // The session is gone, and the transaction with it: there is nothing left to roll back.
     return rollbackStatement.test(sql) ? Effect.succeed([] as unknown as A) : Effect.fail(error)
   }
+  /**
+   * A statement of a call: `effect` already ends the call's watch when it
+   * succeeds (in the map that every statement has anyway, so success costs no
+   * continuation of its own); a failure ends it here.
+   */
+  private watchCall<A>(call: Call, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    // Once a cancel request was sent, a failure (57014, possibly from the server's own statement_timeout, which
+    // the driver takes for the cancel's confirmation) cannot tell whether the cancel has landed yet: the session
+    // is retired so a late cancel can never hit an innocent statement. (After a success the driver retires it.)
+    return Effect.catch(effect, (error) => {
+      this.finished(call)
+      const noted = this.sessions.failed(error, this.connection)
+      const retired = call.cancelSent ? Effect.andThen(noted, this.sessions.retire(this.connection)) : noted
+      return Effect.andThen(retired, Effect.fail(error))
+    })
+  }
+  /** `effect`, ending the call's watch when it succeeds. */
+  private finishing<A>(call: Call, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    return Effect.map(effect, (value) => {
+      this.finished(call)
+      return value
+    })
+  }
   private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>, prepared: boolean): Effect.Effect<A, SqlError> {
     const call = this.call
     if (call !== undefined) {
       call.sql = sql
-      // Once a cancel request was sent, a failure (57014, possibly from the server's own statement_timeout, which
-      // the driver takes for the cancel's confirmation) cannot tell whether the cancel has landed yet: the session
-      // is retired so a late cancel can never hit an innocent statement. (After a success the driver retires it.)
-      return Effect.matchEffect(effect, {
-        onSuccess: (value) => {
-          this.finished(call)
-          return Effect.succeed(value)
-        },
-        onFailure: (error) => {
-          this.finished(call)
-          const noted = this.sessions.failed(error, this.connection)
-          const retired = call.cancelSent ? Effect.andThen(noted, this.sessions.retire(this.connection)) : noted
-          return Effect.andThen(retired, Effect.fail(error))
-        }
-      })
+      return this.watchCall(call, this.finishing(call, effect))
     }
     const watched = Effect.catch(effect, (error) => {
       // The driver re-runs a statement whose prepared plan the server does not have (26000) unnamed; inside a
@@ -95,6 +104,18 @@ export class WatchedConnection implements Connection {
       : watched
   }
   private run(sql: string, params: ReadonlyArray<unknown>, prepare = this.sessions.prepare) {
+    const call = this.call
+    if (call !== undefined) {
+      // The statement path (one per call, hot): the map that takes the rows also ends the watch.
+      call.sql = sql
+      return this.watchCall(
+        call,
+        Effect.map(this.connection.query(sql, params, prepare), (result) => {
+          this.finished(call)
+          return result.rows
+        })
+      )
+    }
     return this.watch(
       sql,
       Effect.map(this.connection.query(sql, params, prepare), (result) => result.rows),

@@ -49,6 +49,9 @@ export { Call, InFlight } from "./call.ts"
 export { internalsOf, Sessions } from "./sessions.ts"
 export { WatchedConnection } from "./connection.ts"
 
+// Read once: Node defines the `performance` global with a getter, which every call would run again.
+const monotonic = globalThis.performance
+
 /** What the stack needs of a pool: `PgPool`, or a fake one in benchmarks. */
 export interface PoolLike {
   readonly use: <A, E, R>(
@@ -314,7 +317,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   ): Effect.Effect<never, E | SqlError> => {
     if (counted) {
       recorder.failed++
-      const millis = performance.now() - call.started
+      const millis = monotonic.now() - call.started
       recorder.latency.record(millis)
       options.statements.record(call.sql ?? sqlOf(call.builder), millis, reasonOf(error))
     }
@@ -324,7 +327,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const succeed = <A>(operation: string, call: Call, counted: boolean, value: A): Effect.Effect<A> => {
     retryBudget?.deposit()
     if (counted) {
-      const millis = performance.now() - call.started
+      const millis = monotonic.now() - call.started
       recorder.latency.record(millis)
       options.statements.record(call.sql, millis, undefined)
     }
@@ -366,7 +369,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, rejection.error._tag)
         return rejection.statementFailure
       }
-      const call = new Call(performance.now())
+      const call = new Call(monotonic.now())
       call.builder = f
       if (local !== undefined && admission !== undefined) {
         if (admission._tag === "Admitted") {
@@ -413,7 +416,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     operation: string
   ): Effect.Effect<A, SqlError, Scope.Scope> =>
     Effect.suspend(() => {
-      const call = new Call(performance.now())
+      const call = new Call(monotonic.now())
       const next = Effect.suspend(() => acquireAttempt(call, get))
       return Effect.matchEffect(next, {
         onSuccess: (value) => succeed(operation, call, false, value),
