@@ -177,6 +177,9 @@ const throughput = (server: PgServer.PgServerService) =>
     const rows: Array<Array<string>> = []
     const ratios: Array<number> = []
     const noise: Array<number> = []
+    /** Sturdy/plain CPU per statement, one per cell; the same for the two identical plain clients. */
+    const cpuRatios: Array<number> = []
+    const cpuNoise: Array<number> = []
     for (const multiplex of [false, true]) {
       const common = { url: server.url, maxConnections: 10, multiplex }
       const plain = yield* PgClient.make({ ...common, applicationName: "bench-plain" })
@@ -235,6 +238,9 @@ const throughput = (server: PgServer.PgServerService) =>
           )
           const perRound = results.get("other")!.map((rate, i) => rate / results.get("plain")![i]!)
           const ratio = median(perRound)
+          // The warm-up round is the first of each list.
+          const cpuPlain = median(cpu.plain.slice(1))
+          const cpuOther = median(cpu.other.slice(1))
           rows.push([
             multiplex ? "multiplexed" : "exclusive",
             label === "Sturdy" ? query : `${query} (plain vs plain: the noise)`,
@@ -243,21 +249,27 @@ const throughput = (server: PgServer.PgServerService) =>
             format(median(results.get("other")!)),
             format(ratio, 2),
             perRound.map((r) => format(r, 2)).join(" "),
-            // The warm-up round is the first of each list.
-            format(median(cpu.plain.slice(1)), 1),
-            format(median(cpu.other.slice(1)), 1)
+            format(cpuPlain, 1),
+            format(cpuOther, 1),
+            format(cpuOther / cpuPlain, 2)
           ])
           log(`  ${[...rows.at(-1)!.slice(0, 6), ...rows.at(-1)!.slice(7)].join("  ")}`)
-          return ratio
+          return { ratio, cpuRatio: cpuOther / cpuPlain }
         })
-      noise.push(yield* compare("SELECT 1", 16, plainAgain, "plain"))
+      const noiseRow = yield* compare("SELECT 1", 16, plainAgain, "plain")
+      noise.push(noiseRow.ratio)
+      cpuNoise.push(noiseRow.cpuRatio)
       for (const query of ["SELECT 1", "primary-key read"] as const) {
-        for (const concurrency of [1, 16, 64]) ratios.push(yield* compare(query, concurrency, sturdy, "Sturdy"))
+        for (const concurrency of [1, 16, 64]) {
+          const cell = yield* compare(query, concurrency, sturdy, "Sturdy")
+          ratios.push(cell.ratio)
+          cpuRatios.push(cell.cpuRatio)
+        }
       }
     }
     sections.push(
       "## 2. Throughput through the database\n\n" +
-        `Statements per second, embedded PostgreSQL 18 on the same machine (client and server share the 2 cores), pool of 10, ${settings.rounds} alternating rounds of ${settings.throughputMillis} ms; rates are medians, the ratio is the median of the per-round ratios; the CPU columns are the client process's CPU time (user + system, GC threads included) per statement, median over the rounds. Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. The first row of each mode compares two identical plain clients: its spread is the measurement's noise. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
+        `Statements per second, embedded PostgreSQL 18 on the same machine (client and server share the 2 cores), pool of 10, ${settings.rounds} alternating rounds of ${settings.throughputMillis} ms; rates are medians, the ratio is the median of the per-round ratios; the CPU columns are the client process's CPU time (user + system, GC threads included) per statement, median over the rounds, and the CPU ratio is the second client's over plain's (the targets take its median and worst over the Sturdy rows). Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. The first row of each mode compares two identical plain clients: its spread is the measurement's noise. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
         table(
           [
             "connections",
@@ -268,13 +280,21 @@ const throughput = (server: PgServer.PgServerService) =>
             "ratio",
             "per round",
             "plain CPU µs/stmt",
-            "Sturdy CPU µs/stmt"
+            "Sturdy CPU µs/stmt",
+            "CPU ratio"
           ],
           rows
         ) +
         "\n"
     )
-    return { worstRatio: Math.min(...ratios), worstNoise: Math.min(...noise, ...noise.map((r) => 1 / r)) }
+    return {
+      worstRatio: Math.min(...ratios),
+      worstNoise: Math.min(...noise, ...noise.map((r) => 1 / r)),
+      cpuMedian: median(cpuRatios),
+      cpuWorst: Math.max(...cpuRatios),
+      cpuCells: cpuRatios.length,
+      cpuNoise
+    }
   })
 
 // --- 3. Fail-fast -------------------------------------------------------------------------------------------------------
@@ -506,6 +526,11 @@ const program: Effect.Effect<void, unknown, Scope.Scope | Reactivity.Reactivity>
           : through.worstRatio >= through.worstNoise - 0.02
             ? "within the noise of this run"
             : "missed"
+      ],
+      [
+        "Sturdy/plain CPU per statement: median <= 1.03, no cell > 1.10",
+        `median ${format(through.cpuMedian, 2)}, worst ${format(through.cpuWorst, 2)} over the ${through.cpuCells} cells (two identical plain clients: ${through.cpuNoise.map((r) => format(r, 2)).join(", ")})`,
+        through.cpuMedian <= 1.03 && through.cpuWorst <= 1.1 ? "met" : "missed"
       ],
       [
         "rejection by the stack: p50 <= 1 µs, p99 < 20 µs, 0 connections",

@@ -1,0 +1,224 @@
+/**
+ * `pnpm --filter @sturdy/bench instructions`: the client's instructions per
+ * statement, Sturdy against plain `@effect/sql-pg`, through a real
+ * PostgreSQL, counted by valgrind's callgrind (decision 0024).
+ *
+ * Instruction counts repeat for the same binary and input whatever else the
+ * machine does, where CPU time on a shared 2-core machine moves by several
+ * per cent between two identical clients. Each client runs a fixed number of
+ * sequential statements after a warm-up, under callgrind, twice: with `n` and
+ * with `n + extra` statements; the difference over `extra` is what one
+ * statement costs the client process (the server is another process, not
+ * counted), with start-up, warm-up and shutdown cancelled out. The comparison
+ * reads the instructions that run the statements: the garbage collector's and
+ * the compilers' are shown beside them, but they land in whichever window
+ * their heuristics pick (see `kindOf`).
+ *
+ * - `instructions.ts` (no argument): starts an embedded server, runs the eight
+ *   callgrind runs (plain and Sturdy, `SELECT 1` and the primary-key read,
+ *   `n` and `n + extra`) and prints the table.
+ * - `instructions.ts run --client plain|sturdy --statement select1|pk --url URL --n N`:
+ *   one run (what callgrind is given).
+ * - `instructions.ts serve`: starts the embedded server with the table, prints
+ *   its URL and keeps it until interrupted, for runs by hand (callgrind_annotate,
+ *   `--cpu-prof`).
+ */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { ResilientPg } from "@sturdy/pg"
+import { PgServer } from "@sturdy/testing"
+import { Context, Effect, Layer, Logger, Redacted } from "effect"
+import * as Reactivity from "effect/reactivity/Reactivity"
+import type * as SqlClient from "effect/sql/SqlClient"
+import { execFile } from "node:child_process"
+import * as Fs from "node:fs/promises"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { parseArgs } from "node:util"
+import { format, table } from "./harness.ts"
+
+const { values: args, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    client: { type: "string", default: "sturdy" },
+    statement: { type: "string", default: "select1" },
+    url: { type: "string" },
+    n: { type: "string", default: "5000" },
+    extra: { type: "string", default: "20000" },
+    warmup: { type: "string", default: "30000" },
+    /** A directory to keep the callgrind files in, for `callgrind_annotate`. */
+    keep: { type: "string" }
+  }
+})
+
+type ClientName = "plain" | "sturdy"
+type StatementName = "select1" | "pk"
+
+/** The primary-key read's ids: a fixed sequence over the table's 10,000 rows, so every run sends the same statements. */
+const idOf = (i: number) => 1 + ((i * 7919) % 10_000)
+
+const statementOf = (name: StatementName, sql: SqlClient.SqlClient, i: number) =>
+  name === "select1" ? sql`SELECT 1` : sql`SELECT v FROM bench_kv WHERE id = ${idOf(i)}`
+
+/** One client, `warmup` statements, then `n`: what one callgrind run measures. */
+const runOne = (client: ClientName, statement: StatementName, url: string, warmup: number, n: number) => {
+  const common = { url: Redacted.make(url), maxConnections: 10 }
+  const layer =
+    client === "plain"
+      ? PgClient.layer({ ...common, applicationName: "instructions-plain" })
+      : ResilientPg.layer({ ...common, applicationName: "instructions-sturdy", profile: "production" })
+  return Effect.scoped(
+    Effect.gen(function* () {
+      const context = yield* Layer.build(layer)
+      const sql = Context.get(context, PgClient.PgClient)
+      for (let i = 0; i < warmup + n; i++) yield* statementOf(statement, sql, i)
+    })
+  ).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))
+}
+
+const run = (file: string, argv: ReadonlyArray<string>) =>
+  new Promise<string>((resolve, reject) =>
+    execFile(file, argv, { maxBuffer: 64 * 2 ** 20 }, (error, stdout, stderr) =>
+      error === null ? resolve(stdout) : reject(new Error(`${file} failed: ${stderr || error.message}`))
+    )
+  )
+
+/**
+ * What a function's own instructions (callgrind's self cost, which adds up to the total) are spent on. The
+ * garbage collector's and the compilers' work lands in whichever window their heuristics pick (one mark-compact
+ * is about 150 million instructions here, the difference between a window that holds it and one that does not),
+ * so the comparison reads the rest: the instructions that run the statements.
+ */
+const kindOf = (name: string): "gc" | "compile" | "run" =>
+  /v8::internal::(Scavenger|ScavengerCollector|MinorGC|MarkCompact|Marking|MainMarkingVisitor|IncrementalMarking|ConcurrentMarking|Sweeper|ArrayBufferSweeper|Evacuat|RememberedSet|LiveObjectVisitor|BodyDescriptor|RecordMigratedSlot|Heap::|GCTracer|EphemeronHashTable|HeapObject::SizeFromMap|MemoryReducer|FreeList|PagedSpace|SemiSpace|NewSpace|WeakObjects|PointersUpdating|ObjectStats|JSFunction::NeedsResetDueToFlushedBytecode|\(anonymous namespace\)::(IterateObjectCache|RememberedSetUpdatingItem))|heap::base::|MarkingBarrier|IterateAndScavenge/.test(
+    name
+  )
+    ? "gc"
+    : /v8::internal::(compiler::|turboshaft::|maglev::|wasm::|Compiler::|Deoptimizer|Parser|Scanner|interpreter::|baseline::|Zone)|Builtins_CompileLazy|Builtins_InterpreterEntryTrampoline/.test(
+          name
+        )
+      ? "compile"
+      : "run"
+
+interface Counts {
+  readonly total: number
+  readonly gc: number
+  readonly compile: number
+  readonly run: number
+}
+
+/** The instructions callgrind counted in one run of `runOne`, by kind. */
+const instructions = async (
+  dir: string,
+  client: ClientName,
+  statement: StatementName,
+  url: string,
+  n: number
+): Promise<Counts> => {
+  const out = Path.join(dir, `callgrind.${client}.${statement}.${n}`)
+  await run("valgrind", [
+    "--tool=callgrind",
+    "--trace-children=no",
+    `--callgrind-out-file=${out}`,
+    process.execPath,
+    // No background threads (concurrent GC and compilation): their share of the work varies from run to run,
+    // by about 15 million instructions here, against about 4 million on the main thread alone.
+    "--single-threaded",
+    import.meta.filename,
+    "run",
+    `--client=${client}`,
+    `--statement=${statement}`,
+    `--url=${url}`,
+    `--warmup=${args.warmup}`,
+    `--n=${n}`
+  ])
+  const annotated = await run("callgrind_annotate", ["--threshold=100", out])
+  const counts = { total: 0, gc: 0, compile: 0, run: 0 }
+  for (const line of annotated.split("\n")) {
+    const match = /^\s*([\d,]+) \([^)]*\)\s+(.*)$/.exec(line)
+    if (match === null || match[2]!.includes("PROGRAM TOTALS")) continue
+    const self = Number(match[1]!.replaceAll(",", ""))
+    counts.total += self
+    counts[kindOf(match[2]!)] += self
+  }
+  return counts
+}
+
+const empty: Counts = { total: 0, gc: 0, compile: 0, run: 0 }
+
+/** The embedded server with the primary-key read's table, as `pnpm bench` makes it. */
+const serverWithTable = Effect.gen(function* () {
+  const server = yield* PgServer.makeEmbedded
+  yield* server.admin`CREATE TABLE IF NOT EXISTS bench_kv (id int PRIMARY KEY, v text NOT NULL)`
+  yield* server.admin`INSERT INTO bench_kv SELECT i, md5(i::text) FROM generate_series(1, 10000) i ON CONFLICT DO NOTHING`
+  return Redacted.value(server.url)
+})
+
+const measureAll = Effect.gen(function* () {
+  // `--url`: a server started by `serve`, with the table.
+  const url = args.url ?? (yield* serverWithTable)
+  const n = Number(args.n)
+  const extra = Number(args.extra)
+  const dir = args.keep ?? (yield* Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sturdy-callgrind-"))))
+  const rows: Array<Array<string>> = []
+  for (const statement of ["select1", "pk"] as const) {
+    const perStatement: Record<ClientName, Counts> = { plain: empty, sturdy: empty }
+    // Two runs at a time (callgrind is single-threaded; the counts do not depend on what else runs).
+    yield* Effect.forEach(
+      ["plain", "sturdy"] as const,
+      (client) =>
+        Effect.promise(async () => {
+          const short = await instructions(dir, client, statement, url, n)
+          const long = await instructions(dir, client, statement, url, n + extra)
+          const per = (kind: keyof Counts) => (long[kind] - short[kind]) / extra
+          perStatement[client] = { total: per("total"), gc: per("gc"), compile: per("compile"), run: per("run") }
+          process.stderr.write(`${client} ${statement}: ${JSON.stringify(perStatement[client])}\n`)
+        }),
+      { concurrency: 2, discard: true }
+    )
+    const { plain, sturdy } = perStatement
+    rows.push([
+      statement === "select1" ? "SELECT 1" : "primary-key read",
+      format(plain.run),
+      format(sturdy.run),
+      format(sturdy.run - plain.run),
+      format(sturdy.run / plain.run, 3),
+      `${format(plain.total)} / ${format(sturdy.total)}`,
+      `${format(plain.gc)} / ${format(sturdy.gc)}`,
+      `${format(plain.compile)} / ${format(sturdy.compile)}`
+    ])
+  }
+  if (args.keep === undefined) yield* Effect.promise(() => Fs.rm(dir, { recursive: true, force: true }))
+  process.stdout.write(
+    `${table(
+      [
+        "statement",
+        "plain instr/stmt",
+        "Sturdy instr/stmt",
+        "added",
+        "Sturdy/plain",
+        "total, plain / Sturdy",
+        "of which GC",
+        "of which compiling"
+      ],
+      rows
+    )}\n\n` +
+      `callgrind (node --single-threaded), ${format(n)} and ${format(n + extra)} sequential statements after ${format(Number(args.warmup))} of warm-up, pool of 10, production profile, Node ${process.version}.\n`
+  )
+})
+
+const main: Effect.Effect<void, unknown> =
+  positionals[0] === "run"
+    ? runOne(args.client as ClientName, args.statement as StatementName, args.url!, Number(args.warmup), Number(args.n))
+    : positionals[0] === "serve"
+      ? Effect.scoped(
+          Effect.andThen(
+            Effect.tap(serverWithTable, (url) => Effect.sync(() => process.stdout.write(`${url}\n`))),
+            Effect.never
+          )
+        )
+      : Effect.scoped(measureAll)
+
+Effect.runPromise(main).catch((error) => {
+  process.stderr.write(`instructions failed: ${error}\n`)
+  process.exit(1)
+})
