@@ -2,7 +2,7 @@ import * as NodeRedis from "@effect/platform-node/NodeRedis"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Breaker, SharedBreaker } from "@sturdy/resilience"
 import { Eventually, LogCapture, PgServer, RedisServer } from "@sturdy/testing"
-import { Deferred, Duration, Effect, Redacted, type Scope } from "effect"
+import { Cause, Deferred, Duration, Effect, Redacted, type Scope } from "effect"
 import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import type { Command, Reply, Report } from "./fleet/worker.ts"
@@ -345,6 +345,34 @@ describe("SharedBreaker in one process, against a real Redis", () => {
         assert.isAbove((yield* b.stats).budgetSyncs, 0)
       }).pipe(Effect.scoped),
     30_000
+  )
+
+  it.effect("a duration option that is not positive and finite is a RangeError naming it", () =>
+    Effect.gen(function* () {
+      const messages = yield* Effect.forEach(
+        ["checkInterval", "maxMessageAge", "probeLease", "budgetSyncInterval"],
+        (name) =>
+          Effect.map(
+            Effect.exit(
+              Effect.scoped(
+                SharedBreaker.make({
+                  tripPolicy: Breaker.consecutive(2),
+                  openDuration: "5 seconds",
+                  redis: NodeRedis.layer({ url: "redis://127.0.0.1:1" }),
+                  [name]: name === "probeLease" ? "0 millis" : "Infinity"
+                })
+              )
+            ),
+            (exit) => (exit._tag === "Failure" ? String(Cause.squash(exit.cause)) : "built")
+          )
+      )
+      assert.deepStrictEqual(messages, [
+        "RangeError: SharedBreaker.make: checkInterval must be a positive finite duration, got Infinity",
+        "RangeError: SharedBreaker.make: maxMessageAge must be a positive finite duration, got Infinity",
+        "RangeError: SharedBreaker.make: probeLease must be a positive finite duration, got 0",
+        "RangeError: SharedBreaker.make: budgetSyncInterval must be a positive finite duration, got Infinity"
+      ])
+    })
   )
 
   it("messages: own, other key, too old and malformed ones are not applied", () => {

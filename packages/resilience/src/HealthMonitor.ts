@@ -45,6 +45,7 @@ import {
   Stream,
   SubscriptionRef
 } from "effect"
+import { positive } from "./internal/duration.ts"
 
 /**
  * The result of one health probe.
@@ -126,14 +127,6 @@ export interface Service {
  * @category services
  */
 export class HealthMonitor extends Context.Service<HealthMonitor, Service>()("@sturdy/resilience/HealthMonitor") {}
-
-const positive = (fn: string, name: string, input: Duration.Input) => {
-  const duration = Duration.fromInputUnsafe(input)
-  if (!Duration.isFinite(duration) || !(Duration.toMillis(duration) > 0)) {
-    throw new RangeError(`${fn}: ${name} must be a positive finite duration, got ${Duration.format(duration)}`)
-  }
-  return duration
-}
 
 /**
  * Probes once, then every interval in a fiber of the scope.

@@ -27,6 +27,7 @@
  * @since 0.1.0
  */
 import { Config, Duration, Option, Schedule, Schema } from "effect"
+import { positive } from "./internal/duration.ts"
 import * as Breaker from "./Breaker.ts"
 
 /**
@@ -122,14 +123,6 @@ export interface Overrides {
   /** Given alone, a duration pins the open duration (the ceiling follows it). */
   readonly breakerOpenDuration?: Duration.Input | Schedule.Schedule<unknown, number> | undefined
   readonly breakerOpenDurationMax?: Duration.Input | undefined
-}
-
-const positive = (fn: string, key: string, input: Duration.Input): Duration.Duration => {
-  const duration = Duration.fromInputUnsafe(input)
-  if (!Duration.isFinite(duration) || !(Duration.toMillis(duration) > 0)) {
-    throw new RangeError(`${fn}: ${key} must be a positive finite duration, got ${Duration.format(duration)}`)
-  }
-  return duration
 }
 
 /**

@@ -61,6 +61,7 @@
 import { Clock, Context, Duration, Effect, Exit, Layer, Metric, Queue, Schedule, Scope } from "effect"
 import * as Redis from "effect/persistence/Redis"
 import * as Breaker from "./Breaker.ts"
+import { positive } from "./internal/duration.ts"
 import * as RetryBudget from "./RetryBudget.ts"
 
 /**
@@ -296,18 +297,16 @@ return tostring(tokens)`,
 export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Return<Service, never, Scope.Scope> {
   const origin = options.origin ?? randomOrigin()
   const prefix = options.prefix ?? "sturdy:breaker:"
-  const interval = Duration.fromInputUnsafe(options.checkInterval ?? Duration.seconds(1))
-  const maxAgeMillis = Duration.toMillis(Duration.fromInputUnsafe(options.maxMessageAge ?? Duration.seconds(5)))
+  const interval = positive("SharedBreaker.make", "checkInterval", options.checkInterval ?? Duration.seconds(1))
+  const maxAgeMillis = Duration.toMillis(
+    positive("SharedBreaker.make", "maxMessageAge", options.maxMessageAge ?? Duration.seconds(5))
+  )
   const channelOf = (key: string) => `${prefix}${key}`
   const stateKeyOf = (key: string) => `${prefix}state:${key}`
 
-  const lease = Duration.fromInputUnsafe(options.probeLease ?? Duration.seconds(10))
-  if (!Duration.isFinite(lease) || !(Duration.toMillis(lease) >= 1)) {
-    throw new RangeError(
-      `SharedBreaker.make: probeLease must be a finite duration >= 1 ms, got ${Duration.format(lease)}`
-    )
-  }
-  const leaseMillis = String(Math.round(Duration.toMillis(lease)))
+  const lease = positive("SharedBreaker.make", "probeLease", options.probeLease ?? Duration.seconds(10))
+  // Redis's PX takes whole milliseconds, at least 1.
+  const leaseMillis = String(Math.max(1, Math.round(Duration.toMillis(lease))))
   const proberKeyOf = (key: string) => `${prefix}prober:${key}`
   const budgetKeyOf = (key: string) => `${prefix}budget:${key}`
 
@@ -512,12 +511,11 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       )
     })
 
-  const budgetSync = Duration.fromInputUnsafe(options.budgetSyncInterval ?? Duration.millis(250))
-  if (!Duration.isFinite(budgetSync) || !(Duration.toMillis(budgetSync) > 0)) {
-    throw new RangeError(
-      `SharedBreaker.make: budgetSyncInterval must be a positive finite duration, got ${Duration.format(budgetSync)}`
-    )
-  }
+  const budgetSync = positive(
+    "SharedBreaker.make",
+    "budgetSyncInterval",
+    options.budgetSyncInterval ?? Duration.millis(250)
+  )
   /** Sends what `budget` deposited and spent since the last sync, and lowers it to the fleet's balance. */
   const syncBudget = (key: string, budget: RetryBudget.RetryBudget) =>
     Effect.gen(function* () {
