@@ -275,6 +275,8 @@ export interface Cell {
   lastOpenFor: number
   resetAt: number
   probing: boolean
+  /** The admission `admit` answers while closed, reused for as long as the generation lasts. */
+  admitted?: Extract<Admission, { _tag: "Admitted" }> | undefined
 }
 
 /**
@@ -292,7 +294,8 @@ export const makeCell = (key: string): Cell => ({
   consecutiveOpenings: 0,
   lastOpenFor: 0,
   resetAt: 0,
-  probing: false
+  probing: false,
+  admitted: undefined
 })
 
 /**
@@ -311,12 +314,12 @@ export type Admission =
     }
   | { readonly _tag: "Rejected"; readonly retryAfterMillis: number; readonly probing: boolean }
 
-const admittedClosed = (generation: number): Admission => ({
-  _tag: "Admitted",
-  generation,
-  probe: false,
-  transition: undefined
-})
+/** The closed circuit's admission for its generation, kept on the cell: the hot path admits without allocating. */
+const admittedClosed = (cell: Cell): Admission => {
+  const cached = cell.admitted
+  if (cached !== undefined && cached.generation === cell.generation) return cached
+  return (cell.admitted = { _tag: "Admitted", generation: cell.generation, probe: false, transition: undefined })
+}
 
 /**
  * Whether the call may run now. Reads the clock only outside the closed state.
@@ -328,7 +331,7 @@ export const admit = (cell: Cell, now: () => number): Admission => {
   switch (cell.state) {
     case "Closed": {
       if (cell.consecutiveOpenings > 0 && now() >= cell.resetAt) cell.consecutiveOpenings = 0
-      return admittedClosed(cell.generation)
+      return admittedClosed(cell)
     }
     case "Open": {
       const time = now()
@@ -602,13 +605,17 @@ export const make = Effect.fnUntraced(function* (
   const now = () => clock.currentTimeMillisUnsafe()
   const pubsub = yield* Effect.acquireRelease(PubSub.sliding<Transition>(128), PubSub.shutdown)
   const cells = new Map<string, Cell>()
+  // A client asks for its one key on every statement: the last cell found answers without a lookup.
+  let lastCell: Cell | undefined
   const cellFor = (key: string): Cell => {
+    if (lastCell !== undefined && lastCell.key === key) return lastCell
     let cell = cells.get(key)
     if (cell === undefined) {
       cell = makeCell(key)
       cells.set(key, cell)
       hooks?.onKey?.(key)
     }
+    lastCell = cell
     return cell
   }
   const onTransition = hooks?.onTransition

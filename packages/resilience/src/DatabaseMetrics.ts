@@ -34,6 +34,10 @@ const growth = 1.05
 const smallest = 0.01
 const bucketCount = 340
 const logGrowth = Math.log(growth)
+// The bucket of the last latency recorded: a statement's latency goes to the client's histogram and then to its
+// entry's in the statement table, and the logarithm is computed once for both.
+let lastMillis = Number.NaN
+let lastIndex = 0
 
 /**
  * A log-scale histogram of milliseconds: buckets 5% wide from 0.01 ms to
@@ -50,7 +54,13 @@ export class LatencyHistogram {
   max = 0
 
   record(millis: number): void {
-    const index = millis <= smallest ? 0 : Math.min(bucketCount - 1, Math.ceil(Math.log(millis / smallest) / logGrowth))
+    let index: number
+    if (millis === lastMillis) index = lastIndex
+    else {
+      index = millis <= smallest ? 0 : Math.min(bucketCount - 1, Math.ceil(Math.log(millis / smallest) / logGrowth))
+      lastMillis = millis
+      lastIndex = index
+    }
     this.counts[index]!++
     this.count++
     this.sum += millis

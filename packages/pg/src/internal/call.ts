@@ -32,6 +32,15 @@ export class Call {
   next: Call | undefined = undefined
   /** The list the call is in: a call moves from the in-flight list to the cancelled one, never in both. */
   list: InFlight | undefined = undefined
+  /**
+   * What settles the call when its statement succeeds, run (once) by the
+   * connection that ran it, in the map that takes the rows: the first attempt's
+   * success then costs the stack no continuation of its own. `undefined`:
+   * settled, or settled by the stack itself (retries).
+   */
+  succeeded: ((call: Call) => void) | undefined = undefined
+  /** The lent connection built this call's statement (`@effect/sql` does, synchronously). */
+  routed = false
   constructor(started: number) {
     this.started = started
   }

@@ -6,7 +6,7 @@
  * @internal
  */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
-import { Effect, Stream } from "effect"
+import { Cause, Effect, Stream } from "effect"
 import type { Connection } from "effect/sql/SqlConnection"
 import type { SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
@@ -41,9 +41,19 @@ export class WatchedConnection implements Connection {
    * the watchdog must not cancel through this session, since its next
    * statement belongs to someone else.
    */
+  private unwatched(call: Call): void {
+    call.list?.remove(call)
+    call.connection = undefined
+  }
+  /** The statement succeeded: unwatched, and the call settled if the stack left that to the connection. */
   private finished(call: Call): void {
     call.list?.remove(call)
     call.connection = undefined
+    const succeeded = call.succeeded
+    if (succeeded !== undefined) {
+      call.succeeded = undefined
+      succeeded(call)
+    }
   }
   /** A failure on a session that outlives its statement: a lost session leaves nothing to roll back. */
   private afterFailure<A>(sql: string, error: SqlError): Effect.Effect<A, SqlError> {
@@ -57,12 +67,18 @@ export class WatchedConnection implements Connection {
    * succeeds (in the map that every statement has anyway, so success costs no
    * continuation of its own); a failure ends it here.
    */
-  private watchCall<A>(call: Call, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
-    // Once a cancel request was sent, a failure (57014, possibly from the server's own statement_timeout, which
-    // the driver takes for the cancel's confirmation) cannot tell whether the cancel has landed yet: the session
-    // is retired so a late cancel can never hit an innocent statement. (After a success the driver retires it.)
-    return Effect.catch(effect, (error) => {
-      this.finished(call)
+  private watchCall<A>(call: Call, sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
+    call.sql = sql
+    call.routed = true
+    return Effect.catchCause(effect, (cause) => {
+      // As `Effect.catch`: typed failures only (an interruption or a defect passes through).
+      const found = Cause.findErrorOption(cause)
+      if (found._tag === "None" || Cause.hasDies(cause)) return Effect.failCause(cause)
+      const error = found.value
+      // Once a cancel request was sent, a failure (57014, possibly from the server's own statement_timeout, which
+      // the driver takes for the cancel's confirmation) cannot tell whether the cancel has landed yet: the session
+      // is retired so a late cancel can never hit an innocent statement. (After a success the driver retires it.)
+      this.unwatched(call)
       const noted = this.sessions.failed(error, this.connection)
       const retired = call.cancelSent ? Effect.andThen(noted, this.sessions.retire(this.connection)) : noted
       return Effect.andThen(retired, Effect.fail(error))
@@ -78,8 +94,7 @@ export class WatchedConnection implements Connection {
   private watch<A>(sql: string, effect: Effect.Effect<A, SqlError>, prepared: boolean): Effect.Effect<A, SqlError> {
     const call = this.call
     if (call !== undefined) {
-      call.sql = sql
-      return this.watchCall(call, this.finishing(call, effect))
+      return this.watchCall(call, sql, this.finishing(call, effect))
     }
     const watched = Effect.catch(effect, (error) => {
       // The driver re-runs a statement whose prepared plan the server does not have (26000) unnamed; inside a
@@ -107,9 +122,9 @@ export class WatchedConnection implements Connection {
     const call = this.call
     if (call !== undefined) {
       // The statement path (one per call, hot): the map that takes the rows also ends the watch.
-      call.sql = sql
       return this.watchCall(
         call,
+        sql,
         Effect.map(this.connection.query(sql, params, prepare), (result) => {
           this.finished(call)
           return result.rows

@@ -138,6 +138,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     call.timedOut = false
     call.cancelSent = false
     call.connection = undefined
+    call.routed = false
   }
 
   const settle = (call: Call) => {
@@ -159,7 +160,10 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       slots.inUse++
       call.sent = true
       call.connection = connection
-      return f(new WatchedConnection(connection, call, sessions))
+      const effect = f(new WatchedConnection(connection, call, sessions))
+      // `@effect/sql` builds the statement on the lent connection at once, and the connection settles the call
+      // when it succeeds; anything else is settled when its effect succeeds.
+      return call.routed || call.succeeded === undefined ? effect : Effect.map(effect, (value) => finish(call, value))
     }
     // After the server behind the connections changed, a connection from before is retired and another lent.
     const use: Effect.Effect<A, E | SqlError, R> =
@@ -355,61 +359,95 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     })
   }
 
-  const borrower: Borrower = <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
-    Effect.suspend(() => {
-      recorder.statements++
-      let first: Effect.Effect<A, unknown, R>
-      const admission = local?.admit(key)
-      if (admission?._tag === "Rejected" && rejectionEndsTheCall) {
-        // The breaker's whole point is to answer at once: no retry to build, no error to make, no clock to read
-        // (a rejection takes well under the histogram's smallest bucket).
-        recorder.failed++
-        recorder.latency.record(0)
-        const rejection = rejections.of(admission)
-        if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, rejection.error._tag)
-        return rejection.statementFailure
+  /**
+   * The first attempt's success, which the connection that ran the statement
+   * reports (`Call.succeeded`): the call settled, the breaker and the budget
+   * told, the latency recorded, all synchronously, in the map that takes the
+   * rows.
+   */
+  const firstSucceeded = (call: Call) => {
+    settle(call)
+    recorder.consecutiveFailures = 0
+    local!.record(key, call.generation, "Success")
+    retryBudget?.deposit()
+    const millis = monotonic.now() - call.started
+    recorder.latency.record(millis)
+    options.statements.record(call.sql, millis, undefined)
+  }
+  const finish = <A>(call: Call, value: A): A => {
+    const succeeded = call.succeeded
+    if (succeeded !== undefined) {
+      call.succeeded = undefined
+      succeeded(call)
+    }
+    return value
+  }
+
+  /** The first attempt failed (or was interrupted): classified, and retried if it is worth it. */
+  const firstFailed = <A, E, R>(
+    call: Call,
+    f: (connection: Connection) => Effect.Effect<A, E, R>,
+    cause: Cause.Cause<unknown>
+  ): Effect.Effect<A, E | SqlError, R> => {
+    // Settled already: the statement succeeded, and what failed came after it (an interruption on the way out).
+    if (call.succeeded === undefined) return Effect.failCause(cause) as Effect.Effect<never, E>
+    call.succeeded = undefined
+    return Effect.catch(attemptFailed(call, local!, call.generation, cause), (failure) =>
+      retry<A, E, R>(
+        "execute",
+        call,
+        true,
+        Effect.suspend(() => attempt(call, f)),
+        failure
+      )
+    )
+  }
+
+  /**
+   * A statement outside a transaction. `@effect/sql` calls the borrower each
+   * time the statement runs, and runs what it returns once, at once: the call
+   * starts here, with no `Effect.suspend` of its own.
+   */
+  const borrower: Borrower = <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) => {
+    recorder.statements++
+    let first: Effect.Effect<A, unknown, R>
+    const admission = local?.admit(key)
+    if (admission?._tag === "Rejected" && rejectionEndsTheCall) {
+      // The breaker's whole point is to answer at once: no retry to build, no error to make, no clock to read
+      // (a rejection takes well under the histogram's smallest bucket).
+      recorder.failed++
+      recorder.latency.record(0)
+      const rejection = rejections.of(admission)
+      if (options.statements.maxEntries > 0) options.statements.record(sqlOf(f), undefined, rejection.error._tag)
+      return rejection.statementFailure
+    }
+    const call = new Call(monotonic.now())
+    call.builder = f
+    if (local !== undefined && admission !== undefined) {
+      if (admission._tag === "Admitted") {
+        // The common case: the first attempt's success settles the call in the connection (`firstSucceeded`), so
+        // the stack adds one failure handler, which a success skips.
+        startAttempt(call)
+        call.generation = admission.generation
+        call.succeeded = firstSucceeded
+        return Effect.catchCause(run(call, f), (cause) => firstFailed(call, f, cause))
       }
-      const call = new Call(monotonic.now())
-      call.builder = f
-      if (local !== undefined && admission !== undefined) {
-        if (admission._tag === "Admitted") {
-          // The common case, inlined: the first attempt's outcome settles the call, with one continuation.
-          startAttempt(call)
-          const generation = admission.generation
-          call.generation = generation
-          return Effect.matchCauseEffect(run(call, f), {
-            onSuccess: (value) => {
-              attemptSucceeded(call, local, generation)
-              return succeed("execute", call, true, value)
-            },
-            onFailure: (cause) =>
-              Effect.catch(attemptFailed(call, local, generation, cause), (failure) =>
-                retry<A, E, R>(
-                  "execute",
-                  call,
-                  true,
-                  Effect.suspend(() => attempt(call, f)),
-                  failure
-                )
-              )
-          })
-        }
-        first = Effect.fail(rejections.of(admission).error)
-      } else {
-        first = attemptStore(call, f)
-      }
-      return Effect.matchEffect(first, {
-        onSuccess: (value) => succeed("execute", call, true, value),
-        onFailure: (failure) =>
-          retry<A, E, R>(
-            "execute",
-            call,
-            true,
-            Effect.suspend(() => attempt(call, f)),
-            failure
-          )
-      })
+      first = Effect.fail(rejections.of(admission).error)
+    } else {
+      first = attemptStore(call, f)
+    }
+    return Effect.matchEffect(first, {
+      onSuccess: (value) => succeed("execute", call, true, value),
+      onFailure: (failure) =>
+        retry<A, E, R>(
+          "execute",
+          call,
+          true,
+          Effect.suspend(() => attempt(call, f)),
+          failure
+        )
     })
+  }
 
   const acquire = <A>(
     get: Effect.Effect<A, SqlError, Scope.Scope>,
