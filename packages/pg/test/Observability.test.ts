@@ -1,5 +1,6 @@
 import { assert, describe, layer } from "@effect/vitest"
 
+import { ResilientPg } from "@sturdy/pg"
 import { DatabaseMetrics } from "@sturdy/resilience"
 import { LogCapture, PgServer } from "@sturdy/testing"
 import { Effect, Fiber, Layer, Metric, Redacted } from "effect"
@@ -105,6 +106,36 @@ describe("metrics and lifecycle logs", () => {
         // The layer's scope closed: its series are gone from the registry.
         assert.strictEqual(registry.size, 0)
       })
+    )
+
+    it.effect(
+      "multiplexed: a failure on a shared session is noted after the statement (25006 retires the session)",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const flaky = yield* createFlaky(server)
+          const M = 3
+          const { layer } = resilient(server, { ...fast, multiplex: true, maxConnections: 1 })
+          yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const service = yield* ResilientPg.ResilientPg
+            yield* sql`SELECT 1`
+            const opened = (yield* service.stats).connectionsOpened!
+            for (let i = 0; i < M; i++) {
+              const rows = yield* sql<{ one: number }>`SELECT ${sql.literal(flaky)}() AS one`
+              assert.deepStrictEqual(rows, [{ one: 1 }])
+            }
+            // Each 25006 (read-only: the server behind the session changed) retired the shared session, and the
+            // retry ran on a new one; without the stack noting the failure, the first session would serve them all.
+            assert.strictEqual((yield* service.stats).connectionsOpened! - opened, M)
+            const snapshot = yield* (yield* DatabaseMetrics.DatabaseMetrics).snapshot
+            assert.strictEqual(snapshot.retries, M)
+            assert.deepStrictEqual(
+              { inUse: snapshot.pool.inUse, waiting: snapshot.pool.waiting },
+              { inUse: 0, waiting: 0 }
+            )
+          }).pipe(Effect.provide(layer))
+        })
     )
 
     it.effect("every lifecycle event is logged, structured, and the password appears in none (TestClock)", () =>

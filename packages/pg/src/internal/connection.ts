@@ -29,12 +29,20 @@ export class WatchedConnection implements Connection {
    * into a defect that hides the caller's typed error.
    */
   broken = false
+  /**
+   * The session is shared with other statements (multiplexed): a call's
+   * failure is noted by the stack after the statement (`Sessions.failed`), since
+   * there is no moment at which the pool takes a shared session back, and the
+   * statement costs no failure handler of its own.
+   */
+  readonly shared: boolean
   /** Statements of this transaction that failed so far. */
   private failures = 0
-  constructor(connection: PgConnection.PgConnection, call: Call | undefined, sessions: Sessions) {
+  constructor(connection: PgConnection.PgConnection, call: Call | undefined, sessions: Sessions, shared = false) {
     this.connection = connection
     this.call = call
     this.sessions = sessions
+    this.shared = shared
   }
   /**
    * The statement ended, before the pool takes the session back: from now on
@@ -70,6 +78,7 @@ export class WatchedConnection implements Connection {
   private watchCall<A>(call: Call, sql: string, effect: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> {
     call.sql = sql
     call.routed = true
+    if (this.shared) return effect
     return Effect.catchCause(effect, (cause) => {
       // As `Effect.catch`: typed failures only (an interruption or a defect passes through).
       const found = Cause.findErrorOption(cause)

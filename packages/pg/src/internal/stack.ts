@@ -24,7 +24,7 @@ import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import type { Breaker, DatabaseMetrics, Profile, RetryBudget } from "@sturdy/resilience"
 import { Cause, Clock, Duration, Effect, Exit, type Fiber, type Scope, Stream } from "effect"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
-import type { SqlError } from "effect/sql/SqlError"
+import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
 import type * as StatementStats from "../StatementStats.ts"
 import { Call } from "./call.ts"
@@ -141,6 +141,23 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     call.routed = false
   }
 
+  /** Multiplexed: statements share sessions, and a failed call's session is noted here (`WatchedConnection.shared`). */
+  const shared = options.statementsPerConnection > 1
+  /**
+   * What a failed attempt's lent session must be told before the failure is
+   * classified (a shared session only: an exclusive one was told by its
+   * connection); `undefined` when there is nothing to run.
+   */
+  const noteShared = (call: Call, cause: Cause.Cause<unknown>): Effect.Effect<void> | undefined => {
+    const lent = call.connection
+    if (!shared || lent === undefined || !call.routed) return undefined
+    call.list?.remove(call)
+    const found = Cause.findErrorOption(cause)
+    if (found._tag === "None" || !isSqlError(found.value)) return undefined
+    const noted = options.sessions.failed(found.value, lent)
+    return noted === Effect.void ? undefined : noted
+  }
+
   const settle = (call: Call) => {
     watchdog.forget(call)
     if (call.sent) slots.inUse--
@@ -160,7 +177,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       slots.inUse++
       call.sent = true
       call.connection = connection
-      const effect = f(new WatchedConnection(connection, call, sessions))
+      const effect = f(new WatchedConnection(connection, call, sessions, shared))
       // `@effect/sql` builds the statement on the lent connection at once, and the connection settles the call
       // when it succeeds; anything else is settled when its effect succeeds.
       return call.routed || call.succeeded === undefined ? effect : Effect.map(effect, (value) => finish(call, value))
@@ -238,6 +255,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     generation: number,
     cause: Cause.Cause<unknown>
   ): Effect.Effect<never, unknown> => {
+    const noted = noteShared(call, cause)
     settle(call)
     const found = Cause.findErrorOption(cause)
     if (found._tag === "None") {
@@ -245,11 +263,12 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       localBreaker.record(key, generation, "Ignored")
       return Effect.failCause(cause)
     }
-    return Effect.withFiber((fiber) => {
+    const classified = Effect.withFiber((fiber) => {
       const failure = decide(found.value, call, options.idempotency(fiber), classifying)
       localBreaker.record(key, generation, toBreaker(failure))
       return Effect.fail(failure)
     })
+    return noted === undefined ? classified : Effect.andThen(noted, classified)
   }
 
   /** One attempt through a breaker whose state lives in a store (effect's CircuitBreaker). */
@@ -268,13 +287,14 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
               return Effect.succeed(value)
             },
             onFailure: (cause) => {
+              const noted = noteShared(call, cause)
               settle(call)
               const found = Cause.findErrorOption(cause)
-              return found._tag === "None"
-                ? Effect.failCause(cause)
-                : Effect.withFiber((fiber) =>
-                    Effect.fail(decide(found.value, call, options.idempotency(fiber), classifying))
-                  )
+              if (found._tag === "None") return Effect.failCause(cause)
+              const classified = Effect.withFiber((fiber) =>
+                Effect.fail(decide(found.value, call, options.idempotency(fiber), classifying))
+              )
+              return noted === undefined ? classified : Effect.andThen(noted, classified)
             }
           })
         }),
