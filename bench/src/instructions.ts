@@ -19,16 +19,25 @@
  *   `n` and `n + extra`) and prints the table.
  * - `instructions.ts run --client plain|sturdy --statement select1|pk --url URL --n N`:
  *   one run (what callgrind is given).
+ * - `instructions.ts --driver=fake`: the same table without a server: both
+ *   clients over a driver connection that answers at once, so what is counted
+ *   is the client's own work (`@effect/sql` and Sturdy, no socket, no parser),
+ *   which repeats to within about 5 % where the server path moves by 20 %.
  * - `instructions.ts serve`: starts the embedded server with the table, prints
  *   its URL and keeps it until interrupted, for runs by hand (callgrind_annotate,
  *   `--cpu-prof`).
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { ResilientPg } from "@sturdy/pg"
+import type * as PgConnection from "@effect/sql-pg/PgConnection"
+import { ResilientPg, StatementStats } from "@sturdy/pg"
+import { Breaker, DatabaseMetrics, Profile, RetryBudget } from "@sturdy/resilience"
 import { PgServer } from "@sturdy/testing"
 import { Context, Effect, Layer, Logger, Redacted } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
-import type * as SqlClient from "effect/sql/SqlClient"
+import * as SqlClient from "effect/sql/SqlClient"
+import type { Borrower, Connection } from "effect/sql/SqlConnection"
+// The stack is internal to @sturdy/pg; the fake-driver mode builds it directly, as `pnpm bench` does.
+import * as Stack from "../../packages/pg/src/internal/stack.ts"
 import { execFile } from "node:child_process"
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
@@ -44,6 +53,8 @@ const { values: args, positionals } = parseArgs({
     url: { type: "string" },
     n: { type: "string", default: "5000" },
     extra: { type: "string", default: "20000" },
+    /** `fake`: no server; both clients over a driver connection whose query answers at once (see `fakeClient`). */
+    driver: { type: "string", default: "pg" },
     warmup: { type: "string", default: "30000" },
     /** A directory to keep the callgrind files in, for `callgrind_annotate`. */
     keep: { type: "string" }
@@ -59,6 +70,53 @@ const idOf = (i: number) => 1 + ((i * 7919) % 10_000)
 const statementOf = (name: StatementName, sql: SqlClient.SqlClient, i: number) =>
   name === "select1" ? sql`SELECT 1` : sql`SELECT v FROM bench_kv WHERE id = ${idOf(i)}`
 
+/**
+ * `--driver=fake`: the client's own work without a driver or a server, which repeats to the instruction. Both
+ * clients are `@effect/sql`'s client (statements compiled, spans, the borrower) over a pool that lends a driver
+ * connection whose `query` answers at once: plain with `@effect/sql-pg`'s connection wrapper (its `execute` is the
+ * rows' map), Sturdy with its stack (production profile) and `WatchedConnection`, as `ResilientPg` builds them.
+ */
+const fakeClient = (client: ClientName) =>
+  Effect.gen(function* () {
+    const result = { rows: [{ v: "x" }], command: "SELECT" }
+    const connection = { query: () => Effect.succeed(result) } as unknown as PgConnection.PgConnection
+    const pool: Stack.PoolLike = { use: (f) => f(connection) }
+    let borrower: Borrower
+    if (client === "plain") {
+      // `@effect/sql-pg`'s `ConnectionImpl` (not exported), for the one method a statement calls.
+      const plainConnection = (native: PgConnection.PgConnection) =>
+        ({
+          execute: (sql: string, params: ReadonlyArray<unknown>) =>
+            Effect.map(native.query(sql, params, true), (answer) => answer.rows)
+        }) as unknown as Connection
+      borrower = (f) => pool.use((native) => f(plainConnection(native)))
+    } else {
+      const stack = yield* Stack.make({
+        pool,
+        maxConnections: 10,
+        statementsPerConnection: 1,
+        profile: Profile.production,
+        sentPhaseRetry: "safe",
+        whenCircuitOpen: "fail-fast",
+        retryBudget: RetryBudget.make(RetryBudget.defaults, Date.now()),
+        breaker: yield* Breaker.make({ tripPolicy: Breaker.consecutive(5), openDuration: "1 second" }),
+        key: "db",
+        recorder: new DatabaseMetrics.Recorder(),
+        statements: new StatementStats.Table(500),
+        sessions: new Stack.Sessions({ retire: () => Effect.void }),
+        idempotency: () => "auto"
+      })
+      borrower = stack.borrower
+    }
+    return yield* SqlClient.make({
+      acquirer: Effect.die("instructions: statements are borrowed"),
+      borrower,
+      driver: "pg",
+      compiler: PgClient.makeCompiler(),
+      spanAttributes: [["db.system.name", "postgresql"]]
+    })
+  })
+
 /** One client, `warmup` statements, then `n`: what one callgrind run measures. */
 const runOne = (client: ClientName, statement: StatementName, url: string, warmup: number, n: number) => {
   const common = { url: Redacted.make(url), maxConnections: 10 }
@@ -68,8 +126,8 @@ const runOne = (client: ClientName, statement: StatementName, url: string, warmu
       : ResilientPg.layer({ ...common, applicationName: "instructions-sturdy", profile: "production" })
   return Effect.scoped(
     Effect.gen(function* () {
-      const context = yield* Layer.build(layer)
-      const sql = Context.get(context, PgClient.PgClient)
+      const sql =
+        args.driver === "fake" ? yield* fakeClient(client) : Context.get(yield* Layer.build(layer), PgClient.PgClient)
       for (let i = 0; i < warmup + n; i++) yield* statementOf(statement, sql, i)
     })
   ).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))
@@ -128,6 +186,7 @@ const instructions = async (
     `--client=${client}`,
     `--statement=${statement}`,
     `--url=${url}`,
+    `--driver=${args.driver}`,
     `--warmup=${args.warmup}`,
     `--n=${n}`
   ])
@@ -155,7 +214,7 @@ const serverWithTable = Effect.gen(function* () {
 
 const measureAll = Effect.gen(function* () {
   // `--url`: a server started by `serve`, with the table.
-  const url = args.url ?? (yield* serverWithTable)
+  const url = args.url ?? (args.driver === "fake" ? "none" : yield* serverWithTable)
   const n = Number(args.n)
   const extra = Number(args.extra)
   const dir = args.keep ?? (yield* Effect.promise(() => Fs.mkdtemp(Path.join(Os.tmpdir(), "sturdy-callgrind-"))))
@@ -202,7 +261,7 @@ const measureAll = Effect.gen(function* () {
       ],
       rows
     )}\n\n` +
-      `callgrind (node --single-threaded), ${format(n)} and ${format(n + extra)} sequential statements after ${format(Number(args.warmup))} of warm-up, pool of 10, production profile, Node ${process.version}.\n`
+      `callgrind (node --single-threaded), ${format(n)} and ${format(n + extra)} sequential statements after ${format(Number(args.warmup))} of warm-up, pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
   )
 })
 

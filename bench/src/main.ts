@@ -42,6 +42,7 @@ const settings = quick
       rounds: 3,
       overheadCalls: 50_000,
       throughputMillis: 250,
+      throughputRounds: 3,
       rejections: 20_000,
       memoryStatements: 100_000,
       outageMillis: 1000,
@@ -50,7 +51,8 @@ const settings = quick
   : {
       rounds: 7,
       overheadCalls: 300_000,
-      throughputMillis: 700,
+      throughputMillis: 500,
+      throughputRounds: 11,
       rejections: 200_000,
       memoryStatements: 1_000_000,
       outageMillis: 5000,
@@ -88,9 +90,14 @@ const stackOver = (pool: Stack.PoolLike, openDuration: Duration.Input, profile: 
     })
   })
 
-const runEffectLoop = (effect: Effect.Effect<unknown, unknown>, calls: number) => async () => {
+/**
+ * `calls` runs of the effect `make` returns, built for each run: a borrower's
+ * effect is a call, run once (as `@effect/sql` builds and runs it per
+ * statement), so every case is built and run in the loop.
+ */
+const runEffectLoop = (make: () => Effect.Effect<unknown, unknown>, calls: number) => async () => {
   const loop = Effect.gen(function* () {
-    for (let i = 0; i < calls; i++) yield* effect
+    for (let i = 0; i < calls; i++) yield* make()
   })
   const started = performance.now()
   await Effect.runPromise(loop)
@@ -109,7 +116,8 @@ const overhead = Effect.gen(function* () {
   const bare = Effect.succeed(1)
 
   const stack = yield* stackOver(fakePool, "60 seconds")
-  const sturdy = stack.borrower(() => bare)
+  const statement = () => bare
+  const sturdy = () => stack.borrower(statement)
 
   // effect's own composite of the same three policies.
   const effectBreaker = yield* CircuitBreaker.make({
@@ -131,9 +139,12 @@ const overhead = Effect.gen(function* () {
   const opossum = new OpossumBreaker(resolved, { timeout: 30_000, resetTimeout: 60_000 })
 
   const cases: ReadonlyArray<Case> = [
-    { name: "bare Effect", run: runEffectLoop(bare, calls) },
+    { name: "bare Effect", run: runEffectLoop(() => bare, calls) },
     { name: "Sturdy full stack", run: runEffectLoop(sturdy, calls) },
-    { name: "effect: Effect.retry + CircuitBreaker.execute + Effect.timeout", run: runEffectLoop(composite, calls) },
+    {
+      name: "effect: Effect.retry + CircuitBreaker.execute + Effect.timeout",
+      run: runEffectLoop(() => composite, calls)
+    },
     { name: "bare await", run: runPromiseLoop(resolved, calls) },
     {
       name: "cockatiel: wrap(retry, circuitBreaker, timeout)",
@@ -233,7 +244,7 @@ const throughput = (server: PgServer.PgServerService) =>
                 { name: "plain", run: measure(plain, cpu.plain) },
                 { name: "other", run: measure(other, cpu.other) }
               ],
-              settings.rounds
+              settings.throughputRounds
             )
           )
           const perRound = results.get("other")!.map((rate, i) => rate / results.get("plain")![i]!)
@@ -241,6 +252,8 @@ const throughput = (server: PgServer.PgServerService) =>
           // The warm-up round is the first of each list.
           const cpuPlain = median(cpu.plain.slice(1))
           const cpuOther = median(cpu.other.slice(1))
+          // Paired like the rates: each round's CPU ratio against the plain round next to it, then the median.
+          const cpuRatio = median(cpu.other.slice(1).map((used, i) => used / cpu.plain[i + 1]!))
           rows.push([
             multiplex ? "multiplexed" : "exclusive",
             label === "Sturdy" ? query : `${query} (plain vs plain: the noise)`,
@@ -251,10 +264,10 @@ const throughput = (server: PgServer.PgServerService) =>
             perRound.map((r) => format(r, 2)).join(" "),
             format(cpuPlain, 1),
             format(cpuOther, 1),
-            format(cpuOther / cpuPlain, 2)
+            format(cpuRatio, 2)
           ])
           log(`  ${[...rows.at(-1)!.slice(0, 6), ...rows.at(-1)!.slice(7)].join("  ")}`)
-          return { ratio, cpuRatio: cpuOther / cpuPlain }
+          return { ratio, cpuRatio }
         })
       const noiseRow = yield* compare("SELECT 1", 16, plainAgain, "plain")
       noise.push(noiseRow.ratio)
@@ -269,7 +282,7 @@ const throughput = (server: PgServer.PgServerService) =>
     }
     sections.push(
       "## 2. Throughput through the database\n\n" +
-        `Statements per second, embedded PostgreSQL 18 on the same machine (client and server share the 2 cores), pool of 10, ${settings.rounds} alternating rounds of ${settings.throughputMillis} ms; rates are medians, the ratio is the median of the per-round ratios; the CPU columns are the client process's CPU time (user + system, GC threads included) per statement, median over the rounds, and the CPU ratio is the second client's over plain's (the targets take its median and worst over the Sturdy rows). Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. The first row of each mode compares two identical plain clients: its spread is the measurement's noise. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
+        `Statements per second, embedded PostgreSQL 18 on the same machine (client and server share the 2 cores), pool of 10, ${settings.throughputRounds} alternating rounds of ${settings.throughputMillis} ms; rates are medians, the ratio is the median of the per-round ratios; the CPU columns are the client process's CPU time (user + system, GC threads included) per statement, median over the rounds, and the CPU ratio is the median of the per-round ratios of the second client's over plain's (the targets take its median and worst over the Sturdy rows). Plain is \`PgClient.make\`, Sturdy is \`ResilientPg.layer\` (production profile) with the same pool options. The first row of each mode compares two identical plain clients: its spread is the measurement's noise. "Multiplexed" is \`multiplex: true\`: statements from many fibers pipelined on shared connections, where the server-side \`statement_timeout\` (not the client) is what cancels a statement.\n\n` +
         table(
           [
             "connections",
@@ -300,13 +313,13 @@ const throughput = (server: PgServer.PgServerService) =>
 // --- 3. Fail-fast -------------------------------------------------------------------------------------------------------
 
 /** Times each run of `effect` on its own; returns the per-call latencies in ns and how many failed. */
-const timeEach = (effect: Effect.Effect<unknown, unknown>, calls: number) =>
+const timeEach = (make: () => Effect.Effect<unknown, unknown>, calls: number) =>
   Effect.gen(function* () {
     const latencies = new Float64Array(calls)
     let failed = 0
     for (let i = 0; i < calls; i++) {
       const started = performance.now()
-      const exit = yield* Effect.exit(effect)
+      const exit = yield* Effect.exit(make())
       latencies[i] = (performance.now() - started) * 1e6
       if (Exit.isFailure(exit)) failed++
     }
@@ -332,9 +345,10 @@ const failFast = (server: PgServer.PgServerService) =>
       "1 hour",
       Profile.override(Profile.production, { retriesAfterFirst: 0 })
     )
-    const call = stack.borrower(() => Effect.succeed(1))
-    for (let i = 0; i < 5; i++) yield* Effect.exit(call)
-    const timer = yield* timeEach(Effect.succeed(1), calls)
+    const one = Effect.succeed(1)
+    const call = () => stack.borrower(() => one)
+    for (let i = 0; i < 5; i++) yield* Effect.exit(call())
+    const timer = yield* timeEach(() => one, calls)
     const stackOnly = yield* timeEach(call, calls)
 
     // (b) End to end: `sql`SELECT 1`` through ResilientPg with the server stopped, against the same failing
@@ -362,9 +376,11 @@ const failFast = (server: PgServer.PgServerService) =>
     for (let i = 0; i < 5; i++) yield* Effect.exit(sql`SELECT 1`)
     const state = (yield* service.breakerState)._tag
     const before = (yield* service.stats).connectionsOpened ?? 0
-    const endToEnd = yield* timeEach(sql`SELECT 1`, calls)
+    const select = sql`SELECT 1`
+    const selectWithout = noSturdy`SELECT 1`
+    const endToEnd = yield* timeEach(() => select, calls)
     const after = (yield* service.stats).connectionsOpened ?? 0
-    const statementOnly = yield* timeEach(noSturdy`SELECT 1`, calls)
+    const statementOnly = yield* timeEach(() => selectWithout, calls)
     yield* server.start
 
     const row = (name: string, measured: { readonly latencies: ReadonlyArray<number>; readonly failed: number }) => [
@@ -471,12 +487,13 @@ const memory = Effect.gen(function* () {
   log("5/5 memory over many statements")
   const gc = (globalThis as { gc?: () => void }).gc
   const stack = yield* stackOver(fakePool, "60 seconds")
-  const statement = stack.borrower(() => Effect.succeed(1))
+  const one = Effect.succeed(1)
+  const statement = () => stack.borrower(() => one)
   // Warm up so lazily built structures exist before the first measurement.
-  for (let i = 0; i < 10_000; i++) yield* statement
+  for (let i = 0; i < 10_000; i++) yield* statement()
   gc?.()
   const before = process.memoryUsage().heapUsed
-  for (let i = 0; i < settings.memoryStatements; i++) yield* statement
+  for (let i = 0; i < settings.memoryStatements; i++) yield* statement()
   gc?.()
   const after = process.memoryUsage().heapUsed
   const growth = after - before
