@@ -50,7 +50,10 @@ describe("ResilientPg.withTransaction against a real server", () => {
           assert.isAtLeast(service.transactions.conflictRetries, 1, "no serialization failure was retried")
           assert.strictEqual(runs, 500 + service.transactions.retries)
         }).pipe(Effect.provide(ResilientPg.layer({ url: db.url, applicationName: "bank", maxConnections: 8, ...fast })))
-      }).pipe(Effect.scoped)
+      }).pipe(Effect.scoped),
+      // 500 SERIALIZABLE transfers with their retries: 3 s on an idle machine, 5-7 s measured on a loaded one,
+      // past vitest's default 5 s.
+      30_000
     )
 
     it.effect("a deadlock between two transactions is retried, and both complete", () =>
