@@ -10,47 +10,56 @@ const tagOf = (error: unknown) => (error as { readonly _tag: string })._tag
 
 describe("ResilientPg.withTransaction against a real server", () => {
   layer(PgServer.layer, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
-    it.effect("bank transfers under SERIALIZABLE: each applied exactly once, the total unchanged, 40001 retried", () =>
-      Effect.gen(function* () {
-        const server = yield* PgServer.PgServer
-        const db = yield* ServerFaults.database(server)
-        yield* Effect.gen(function* () {
-          const sql = yield* SqlClient.SqlClient
-          const service = yield* ResilientPg.ResilientPg
-          yield* sql`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`
-          yield* sql`CREATE TABLE ledger (transfer_id uuid PRIMARY KEY, from_id int NOT NULL, to_id int NOT NULL, amount bigint NOT NULL)`
-          yield* sql`INSERT INTO accounts SELECT i, 1000 FROM generate_series(1, 20) AS i`
-          const transfers = Array.from({ length: 500 }, () => ({
-            id: randomUUID(),
-            from: 1 + Math.floor(Math.random() * 20),
-            to: 1 + Math.floor(Math.random() * 20),
-            amount: 1 + Math.floor(Math.random() * 50)
-          }))
-          let runs = 0
-          const transfer = (t: (typeof transfers)[number]) =>
-            ResilientPg.withTransaction(
-              Effect.gen(function* () {
-                runs++
-                // Read, then write what was read: the pattern SERIALIZABLE has to protect.
-                const [from] = yield* sql<{ balance: string }>`SELECT balance FROM accounts WHERE id = ${t.from}`
-                yield* sql`UPDATE accounts SET balance = ${BigInt(from!.balance) - BigInt(t.amount)} WHERE id = ${t.from}`
-                yield* sql`UPDATE accounts SET balance = balance + ${t.amount} WHERE id = ${t.to}`
-                yield* sql`INSERT INTO ledger VALUES (${t.id}, ${t.from}, ${t.to}, ${t.amount})`
-              }),
-              { isolation: "serializable", retriesAfterFirst: 30, backoffBase: "5 millis", backoffJitter: "20 millis" }
-            )
-          yield* Effect.forEach(transfers, transfer, { concurrency: 8, discard: true })
-          const [ledger] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM ledger`
-          const [total] = yield* sql<{ total: string }>`SELECT sum(balance)::text AS total FROM accounts`
-          const [applied] = yield* sql<{ n: number }>`
+    it.effect(
+      "bank transfers under SERIALIZABLE: each applied exactly once, the total unchanged, 40001 retried",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* PgServer.PgServer
+          const db = yield* ServerFaults.database(server)
+          yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            const service = yield* ResilientPg.ResilientPg
+            yield* sql`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`
+            yield* sql`CREATE TABLE ledger (transfer_id uuid PRIMARY KEY, from_id int NOT NULL, to_id int NOT NULL, amount bigint NOT NULL)`
+            yield* sql`INSERT INTO accounts SELECT i, 1000 FROM generate_series(1, 20) AS i`
+            const transfers = Array.from({ length: 500 }, () => ({
+              id: randomUUID(),
+              from: 1 + Math.floor(Math.random() * 20),
+              to: 1 + Math.floor(Math.random() * 20),
+              amount: 1 + Math.floor(Math.random() * 50)
+            }))
+            let runs = 0
+            const transfer = (t: (typeof transfers)[number]) =>
+              ResilientPg.withTransaction(
+                Effect.gen(function* () {
+                  runs++
+                  // Read, then write what was read: the pattern SERIALIZABLE has to protect.
+                  const [from] = yield* sql<{ balance: string }>`SELECT balance FROM accounts WHERE id = ${t.from}`
+                  yield* sql`UPDATE accounts SET balance = ${BigInt(from!.balance) - BigInt(t.amount)} WHERE id = ${t.from}`
+                  yield* sql`UPDATE accounts SET balance = balance + ${t.amount} WHERE id = ${t.to}`
+                  yield* sql`INSERT INTO ledger VALUES (${t.id}, ${t.from}, ${t.to}, ${t.amount})`
+                }),
+                {
+                  isolation: "serializable",
+                  retriesAfterFirst: 30,
+                  backoffBase: "5 millis",
+                  backoffJitter: "20 millis"
+                }
+              )
+            yield* Effect.forEach(transfers, transfer, { concurrency: 8, discard: true })
+            const [ledger] = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM ledger`
+            const [total] = yield* sql<{ total: string }>`SELECT sum(balance)::text AS total FROM accounts`
+            const [applied] = yield* sql<{ n: number }>`
               SELECT count(*)::int AS n FROM ledger WHERE transfer_id = ANY(${transfers.map((t) => t.id)}::uuid[])`
-          assert.strictEqual(ledger!.n, 500)
-          assert.strictEqual(applied!.n, 500)
-          assert.strictEqual(total!.total, "20000")
-          assert.isAtLeast(service.transactions.conflictRetries, 1, "no serialization failure was retried")
-          assert.strictEqual(runs, 500 + service.transactions.retries)
-        }).pipe(Effect.provide(ResilientPg.layer({ url: db.url, applicationName: "bank", maxConnections: 8, ...fast })))
-      }).pipe(Effect.scoped),
+            assert.strictEqual(ledger!.n, 500)
+            assert.strictEqual(applied!.n, 500)
+            assert.strictEqual(total!.total, "20000")
+            assert.isAtLeast(service.transactions.conflictRetries, 1, "no serialization failure was retried")
+            assert.strictEqual(runs, 500 + service.transactions.retries)
+          }).pipe(
+            Effect.provide(ResilientPg.layer({ url: db.url, applicationName: "bank", maxConnections: 8, ...fast }))
+          )
+        }).pipe(Effect.scoped),
       // 500 SERIALIZABLE transfers with their retries: 3 s on an idle machine, 5-7 s measured on a loaded one,
       // past vitest's default 5 s.
       30_000
