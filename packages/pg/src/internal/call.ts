@@ -41,6 +41,13 @@ export class Call {
   succeeded: ((call: Call) => void) | undefined = undefined
   /** The lent connection built this call's statement (`@effect/sql` does, synchronously). */
   routed = false
+  /** Settles the call as succeeded, once: whichever of the connection and the stack sees the success first. */
+  settleSucceeded(): void {
+    const succeeded = this.succeeded
+    if (succeeded === undefined) return
+    this.succeeded = undefined
+    succeeded(this)
+  }
   constructor(started: number) {
     this.started = started
   }

@@ -55,13 +55,8 @@ export class WatchedConnection implements Connection {
   }
   /** The statement succeeded: unwatched, and the call settled if the stack left that to the connection. */
   private finished(call: Call): void {
-    call.list?.remove(call)
-    call.connection = undefined
-    const succeeded = call.succeeded
-    if (succeeded !== undefined) {
-      call.succeeded = undefined
-      succeeded(call)
-    }
+    this.unwatched(call)
+    call.settleSucceeded()
   }
   /** A failure on a session that outlives its statement: a lost session leaves nothing to roll back. */
   private afterFailure<A>(sql: string, error: SqlError): Effect.Effect<A, SqlError> {

@@ -180,7 +180,12 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       const effect = f(new WatchedConnection(connection, call, sessions, shared))
       // `@effect/sql` builds the statement on the lent connection at once, and the connection settles the call
       // when it succeeds; anything else is settled when its effect succeeds.
-      return call.routed || call.succeeded === undefined ? effect : Effect.map(effect, (value) => finish(call, value))
+      return call.routed || call.succeeded === undefined
+        ? effect
+        : Effect.map(effect, (value) => {
+            call.settleSucceeded()
+            return value
+          })
     }
     // After the server behind the connections changed, a connection from before is retired and another lent.
     const use: Effect.Effect<A, E | SqlError, R> =
@@ -394,14 +399,6 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     recorder.latency.record(millis)
     options.statements.record(call.sql, millis, undefined)
   }
-  const finish = <A>(call: Call, value: A): A => {
-    const succeeded = call.succeeded
-    if (succeeded !== undefined) {
-      call.succeeded = undefined
-      succeeded(call)
-    }
-    return value
-  }
 
   /** The first attempt failed (or was interrupted): classified, and retried if it is worth it. */
   const firstFailed = <A, E, R>(
@@ -413,15 +410,23 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     if (call.succeeded === undefined) return Effect.failCause(cause) as Effect.Effect<never, E>
     call.succeeded = undefined
     return Effect.catch(attemptFailed(call, local!, call.generation, cause), (failure) =>
-      retry<A, E, R>(
-        "execute",
-        call,
-        true,
-        Effect.suspend(() => attempt(call, f)),
-        failure
-      )
+      retryStatement(call, f, failure)
     )
   }
+
+  /** A statement's retry after its first attempt failed with `failure`: each further attempt through `attempt`. */
+  const retryStatement = <A, E, R>(
+    call: Call,
+    f: (connection: Connection) => Effect.Effect<A, E, R>,
+    failure: unknown
+  ): Effect.Effect<A, E | SqlError, R> =>
+    retry<A, E, R>(
+      "execute",
+      call,
+      true,
+      Effect.suspend(() => attempt(call, f)),
+      failure
+    )
 
   /**
    * A statement outside a transaction. `@effect/sql` calls the borrower each
@@ -458,14 +463,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     }
     return Effect.matchEffect(first, {
       onSuccess: (value) => succeed("execute", call, true, value),
-      onFailure: (failure) =>
-        retry<A, E, R>(
-          "execute",
-          call,
-          true,
-          Effect.suspend(() => attempt(call, f)),
-          failure
-        )
+      onFailure: (failure) => retryStatement(call, f, failure)
     })
   }
 
