@@ -56,6 +56,8 @@ const { values: args, positionals } = parseArgs({
     /** `fake`: no server; both clients over a driver connection whose query answers at once (see `fakeClient`). */
     driver: { type: "string", default: "pg" },
     warmup: { type: "string", default: "30000" },
+    /** Fibers running the statements at once (each a loop of its share), as `pnpm bench`'s throughput cells do. */
+    concurrency: { type: "string", default: "1" },
     /** A directory to keep the callgrind files in, for `callgrind_annotate`. */
     keep: { type: "string" }
   }
@@ -128,7 +130,16 @@ const runOne = (client: ClientName, statement: StatementName, url: string, warmu
     Effect.gen(function* () {
       const sql =
         args.driver === "fake" ? yield* fakeClient(client) : Context.get(yield* Layer.build(layer), PgClient.PgClient)
-      for (let i = 0; i < warmup + n; i++) yield* statementOf(statement, sql, i)
+      const concurrency = Number(args.concurrency)
+      const total = warmup + n
+      yield* Effect.forEach(
+        Array.from({ length: concurrency }, (_, worker) => worker),
+        (worker) =>
+          Effect.gen(function* () {
+            for (let i = worker; i < total; i += concurrency) yield* statementOf(statement, sql, i)
+          }),
+        { concurrency, discard: true }
+      )
     })
   ).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))
 }
@@ -188,6 +199,7 @@ const instructions = async (
     `--url=${url}`,
     `--driver=${args.driver}`,
     `--warmup=${args.warmup}`,
+    `--concurrency=${args.concurrency}`,
     `--n=${n}`
   ])
   const annotated = await run("callgrind_annotate", ["--threshold=100", out])
@@ -261,7 +273,7 @@ const measureAll = Effect.gen(function* () {
       ],
       rows
     )}\n\n` +
-      `callgrind (node --single-threaded), ${format(n)} and ${format(n + extra)} sequential statements after ${format(Number(args.warmup))} of warm-up, pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
+      `callgrind (node --single-threaded), ${format(n)} and ${format(n + extra)} statements (${args.concurrency} at a time) after ${format(Number(args.warmup))} of warm-up, pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
   )
 })
 

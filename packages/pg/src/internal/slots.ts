@@ -8,7 +8,7 @@
  * @internal
  */
 import type { Transient } from "@sturdy/resilience"
-import { Effect } from "effect"
+import { Effect, type Scheduler } from "effect"
 import type { Call } from "./call.ts"
 
 /** The stack's slots, the calls parked for one in arrival order, and who holds or waits for a connection. */
@@ -23,6 +23,15 @@ export class Slots {
   /** Parked calls from `head` on; a call that stopped waiting stays until its turn comes, and is skipped then. */
   private readonly parked: Array<Call> = []
   private head = 0
+  /**
+   * Calls handed a slot, woken together by one scheduler task: a call woken
+   * inline, from the `release` of the statement that ended, would ask the pool
+   * for a connection that statement has not given back yet, and park a second
+   * time, inside the pool (effect's own `Semaphore` and `Pool` wake their
+   * waiters the same way).
+   */
+  private ready: Array<Call> = []
+  private dispatcher: Scheduler.SchedulerDispatcher | undefined = undefined
   /** The failure of a call whose deadline passed while it was parked. */
   private readonly timeoutOf: (call: Call) => Transient.AttemptTimeout
   constructor(capacity: number, timeoutOf: (call: Call) => Transient.AttemptTimeout) {
@@ -42,11 +51,13 @@ export class Slots {
     }
     call.parked = true
     this.parked.push(call)
-    return Effect.callback<void, Transient.AttemptTimeout>((resume) => {
+    const slots = this
+    return Effect.callback<void, Transient.AttemptTimeout>(function (resume) {
       // The wait may start after the call was already answered (the scheduler can run a release or the
       // watchdog in between): a slot handed over, or the deadline passed. Either answer stands.
       if (call.slot) return resume(Effect.void)
-      if (!call.parked) return resume(Effect.fail(this.timeoutOf(call)))
+      if (!call.parked) return resume(Effect.fail(slots.timeoutOf(call)))
+      slots.dispatcher ??= this.makeDispatcher()
       call.resume = resume
       return Effect.sync(() => {
         call.parked = false
@@ -66,12 +77,22 @@ export class Slots {
       next.parked = false
       next.slot = true
       this.active++
-      next.resume?.(Effect.void)
+      if (next.resume !== undefined) this.wake(next)
       break
     }
     if (this.head > 1024 && this.head * 2 > parked.length) {
       parked.splice(0, this.head)
       this.head = 0
     }
+  }
+  private wake(call: Call): void {
+    this.ready.push(call)
+    if (this.ready.length === 1) this.dispatcher!.scheduleTask(this.resumeReady, 0)
+  }
+  /** Resumes the calls handed a slot since the last task (one that stopped waiting in between has no `resume`). */
+  private readonly resumeReady = () => {
+    const ready = this.ready
+    this.ready = []
+    for (const call of ready) call.resume?.(Effect.void)
   }
 }

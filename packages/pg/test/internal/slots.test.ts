@@ -1,11 +1,20 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Transient } from "@sturdy/resilience"
-import { Duration, Effect, Fiber } from "effect"
+import { Duration, Effect, Fiber, Scheduler } from "effect"
 import { Call } from "../../src/internal/call.ts"
 import { Slots } from "../../src/internal/slots.ts"
 
-// `Effect.runFork` starts a fiber at once, and a parked call's `resume` continues it at once: the order in which
-// calls get a slot is observable synchronously, without sleeping.
+// `Effect.runFork` starts a fiber at once, and the calls handed a slot are woken by one task of their fiber's
+// scheduler: here a scheduler whose tasks run when the test calls `flush`, so the order in which calls get a slot
+// is observable synchronously, without sleeping.
+const pending: Array<() => void> = []
+const manual = new Scheduler.MixedScheduler("async", (task) => {
+  pending.push(task)
+  return () => {}
+})
+const flush = () => {
+  while (pending.length > 0) pending.shift()!()
+}
 
 /** Takes a slot for `call`: `"now"` when one was free; else the parked fiber, which notes its name when woken. */
 const take = (slots: Slots, call: Call, woken: Array<number>) => {
@@ -15,7 +24,7 @@ const take = (slots: Slots, call: Call, woken: Array<number>) => {
     Effect.andThen(
       wait,
       Effect.sync(() => woken.push(call.started))
-    )
+    ).pipe(Effect.provideService(Scheduler.Scheduler, manual))
   )
 }
 
@@ -30,9 +39,15 @@ describe("Slots", () => {
     assert.deepStrictEqual(taken, ["now", "now", "parked", "parked", "parked"])
     assert.deepStrictEqual([slots.active, c.parked, c.slot], [2, true, false])
 
-    const steps: Array<[Array<number>, number]> = []
-    for (const call of [a, b, c, d, e]) {
+    // A release hands the slot over at once, and wakes its call on the scheduler's next task, not inline: woken
+    // inline, the call would ask the pool for the connection the releasing statement has not given back yet.
+    slots.release(a)
+    assert.deepStrictEqual([woken, c.slot, c.parked, slots.active], [[], true, false, 2])
+    flush()
+    const steps: Array<[Array<number>, number]> = [[[...woken], slots.active]]
+    for (const call of [b, c, d, e]) {
       slots.release(call)
+      flush()
       steps.push([[...woken], slots.active])
     }
     assert.deepStrictEqual(steps, [
@@ -66,6 +81,7 @@ describe("Slots", () => {
     assert.deepStrictEqual([interrupted.parked, timedOut.parked, next.parked], [false, false, true])
 
     slots.release(holder)
+    flush()
     assert.deepStrictEqual(woken, [4])
     assert.deepStrictEqual([interrupted.slot, timedOut.slot, next.slot, slots.active], [false, false, true, 1])
   })
@@ -77,9 +93,11 @@ describe("Slots", () => {
     take(slots, holder, woken)
     take(slots, parked, woken)
     slots.release(stranger)
+    flush()
     assert.deepStrictEqual([woken, slots.active], [[], 1])
     slots.release(holder)
     slots.release(holder)
+    flush()
     assert.deepStrictEqual([woken, slots.active, parked.slot], [[2], 1, true])
   })
 
@@ -100,8 +118,10 @@ describe("Slots", () => {
     // Each woken call gives its slot on to the next one; the queue compacts once 1,500 have left it.
     slots.release(holder)
     for (let i = 0; i < 1999; i++) slots.release(calls[i]!)
+    flush()
     park(3000, 4000)
     for (let i = 1999; i < 4000; i++) slots.release(calls[i]!)
+    flush()
     assert.deepStrictEqual(
       woken,
       Array.from({ length: 4000 }, (_, n) => n)
