@@ -51,17 +51,25 @@ export class Slots {
     }
     call.parked = true
     this.parked.push(call)
-    const slots = this
+    const wait = this.wait
+    // `function`: effect calls the registration with the fiber's scheduler as `this`.
     return Effect.callback<void, Transient.AttemptTimeout>(function (resume) {
-      // The wait may start after the call was already answered (the scheduler can run a release or the
-      // watchdog in between): a slot handed over, or the deadline passed. Either answer stands.
-      if (call.slot) return resume(Effect.void)
-      if (!call.parked) return resume(Effect.fail(slots.timeoutOf(call)))
-      slots.dispatcher ??= this.makeDispatcher()
-      call.resume = resume
-      return Effect.sync(() => {
-        call.parked = false
-      })
+      return wait(call, this, resume)
+    })
+  }
+  private readonly wait = (
+    call: Call,
+    scheduler: Scheduler.Scheduler,
+    resume: (effect: Effect.Effect<void, Transient.AttemptTimeout>) => void
+  ): Effect.Effect<void> | void => {
+    // The wait may start after the call was already answered (the scheduler can run a release or the
+    // watchdog in between): a slot handed over, or the deadline passed. Either answer stands.
+    if (call.slot) return resume(Effect.void)
+    if (!call.parked) return resume(Effect.fail(this.timeoutOf(call)))
+    this.dispatcher ??= scheduler.makeDispatcher()
+    call.resume = resume
+    return Effect.sync(() => {
+      call.parked = false
     })
   }
   /** Gives back `call`'s slot, if it holds one, to the first call still parked. */
