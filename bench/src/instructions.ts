@@ -58,6 +58,8 @@ const { values: args, positionals } = parseArgs({
     warmup: { type: "string", default: "30000" },
     /** Fibers running the statements at once (each a loop of its share), as `pnpm bench`'s throughput cells do. */
     concurrency: { type: "string", default: "1" },
+    /** `multiplex: true` for both clients: statements pipelined on shared connections. */
+    multiplex: { type: "boolean", default: false },
     /** A directory to keep the callgrind files in, for `callgrind_annotate`. */
     keep: { type: "string" }
   }
@@ -121,7 +123,7 @@ const fakeClient = (client: ClientName) =>
 
 /** One client, `warmup` statements, then `n`: what one callgrind run measures. */
 const runOne = (client: ClientName, statement: StatementName, url: string, warmup: number, n: number) => {
-  const common = { url: Redacted.make(url), maxConnections: 10 }
+  const common = { url: Redacted.make(url), maxConnections: 10, multiplex: args.multiplex }
   const layer =
     client === "plain"
       ? PgClient.layer({ ...common, applicationName: "instructions-plain" })
@@ -200,6 +202,7 @@ const instructions = async (
     `--driver=${args.driver}`,
     `--warmup=${args.warmup}`,
     `--concurrency=${args.concurrency}`,
+    ...(args.multiplex ? ["--multiplex"] : []),
     `--n=${n}`
   ])
   const annotated = await run("callgrind_annotate", ["--threshold=100", out])

@@ -35,7 +35,17 @@ import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import { alternate, type Case, format, median, percentile, table } from "./harness.ts"
 
-const { values: args } = parseArgs({ options: { quick: { type: "boolean", default: false } } })
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    /**
+     * `--only=throughput`: only the throughput table (`--mode=exclusive|multiplexed` for one mode's cells), printed
+     * and not written to a file: for measuring a change to the hot path without the whole run.
+     */
+    only: { type: "string" },
+    mode: { type: "string" }
+  }
+})
 const quick = args.quick
 const settings = quick
   ? {
@@ -191,7 +201,8 @@ const throughput = (server: PgServer.PgServerService) =>
     /** Sturdy/plain CPU per statement, one per cell; the same for the two identical plain clients. */
     const cpuRatios: Array<number> = []
     const cpuNoise: Array<number> = []
-    for (const multiplex of [false, true]) {
+    const modes = args.mode === undefined ? [false, true] : [args.mode === "multiplexed"]
+    for (const multiplex of modes) {
       const common = { url: server.url, maxConnections: 10, multiplex }
       const plain = yield* PgClient.make({ ...common, applicationName: "bench-plain" })
       // A second plain client: comparing it with the first shows how much of a difference is noise.
@@ -518,6 +529,13 @@ const memory = Effect.gen(function* () {
 
 // --- Run -------------------------------------------------------------------------------------------------------------------
 
+const throughputOnly: Effect.Effect<void, unknown, Scope.Scope | Reactivity.Reactivity> = Effect.gen(function* () {
+  const through = yield* throughput(yield* PgServer.makeEmbedded)
+  process.stdout.write(
+    `${sections.join("\n")}\nCPU per statement, Sturdy/plain: median ${format(through.cpuMedian, 2)}, worst ${format(through.cpuWorst, 2)} over ${through.cpuCells} cells (two identical plain clients: ${through.cpuNoise.map((r) => format(r, 2)).join(", ")}); throughput worst ${format(through.worstRatio, 2)}\n`
+  )
+})
+
 const program: Effect.Effect<void, unknown, Scope.Scope | Reactivity.Reactivity> = Effect.gen(function* () {
   const started = Date.now()
   const over = yield* overhead
@@ -586,7 +604,16 @@ const program: Effect.Effect<void, unknown, Scope.Scope | Reactivity.Reactivity>
   log(`wrote ${file}`)
 })
 
-Effect.runPromise(Effect.scoped(program).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))).catch(
+if (args.only !== undefined && args.only !== "throughput") {
+  process.stderr.write(`pnpm bench: --only takes "throughput", got ${JSON.stringify(args.only)}\n`)
+  process.exit(2)
+}
+if (args.mode !== undefined && args.mode !== "exclusive" && args.mode !== "multiplexed") {
+  process.stderr.write(`pnpm bench: --mode takes "exclusive" or "multiplexed", got ${JSON.stringify(args.mode)}\n`)
+  process.exit(2)
+}
+
+Effect.runPromise(Effect.scoped(args.only === undefined ? program : throughputOnly).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))).catch(
   (error) => {
     process.stderr.write(`pnpm bench failed: ${error}\n`)
     process.exit(1)
