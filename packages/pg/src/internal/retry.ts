@@ -76,12 +76,29 @@ export class RetryPolicy {
   get waitingForClose(): number {
     return this.closedWaiters.size
   }
-  /** The breaker closed: every call waiting after a rejection retries now. */
+  /** The breaker closed: every call waiting after a rejection retries now, oldest first (see `wakeInTurns`). */
   closed(): void {
     const waiters = [...this.closedWaiters]
     this.closedWaiters.clear()
-    for (const wake of waiters) wake()
+    wakeInTurns(waiters)
   }
+}
+
+/**
+ * How many waiting calls one turn of the event loop wakes when the breaker
+ * closes. A 5 s outage with callers arriving at 2,000/s leaves about 8,000
+ * waiting; each woken call runs inline until it parks, and waking them all
+ * at once held the event loop for 266 ms, during which no connection could
+ * be opened and no statement answered (the first success came 0.44-0.56 s
+ * after the server was back, against 0.05 s for plain `@effect/sql-pg`).
+ */
+export const wakeBatch = 32
+
+/** Calls `wakes` in order, `wakeBatch` now and as many in each later turn of the event loop (`setImmediate`). */
+export const wakeInTurns = (wakes: ReadonlyArray<() => void>, from = 0): void => {
+  const to = Math.min(wakes.length, from + wakeBatch)
+  for (let i = from; i < to; i++) wakes[i]!()
+  if (to < wakes.length) setImmediate(() => wakeInTurns(wakes, to))
 }
 
 /**

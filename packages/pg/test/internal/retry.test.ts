@@ -3,7 +3,7 @@ import { Breaker, Profile, RetryBudget, Transient } from "@sturdy/resilience"
 import { Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import * as PgFailure from "../../src/PgFailure.ts"
-import { RetryPolicy } from "../../src/internal/retry.ts"
+import { RetryPolicy, wakeBatch, wakeInTurns } from "../../src/internal/retry.ts"
 
 const profile = (retriesAfterFirst: number): Profile.Profile => ({
   ...Profile.production,
@@ -90,6 +90,24 @@ describe("RetryPolicy", () => {
       assert.deepStrictEqual([fiber.pollUnsafe(), runs(), policy.waitingForClose], [undefined, 1, 0])
       yield* TestClock.adjust("1 millis")
       assert.strictEqual(yield* Fiber.join(fiber), "ok")
+    })
+  )
+
+  it.effect("the breaker closing wakes the waiting calls oldest first, a batch per turn of the event loop", () =>
+    Effect.gen(function* () {
+      const woken: Array<number> = []
+      const wakes = Array.from({ length: 2 * wakeBatch + 5 }, (_, n) => () => woken.push(n))
+      wakeInTurns(wakes)
+      // The first batch at once: the loop is free to open connections and answer them before the next.
+      const atOnce = woken.length
+      const turn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      yield* turn
+      const afterOneTurn = woken.length
+      for (let i = 0; i < 10 && woken.length < wakes.length; i++) yield* turn
+      assert.deepStrictEqual(
+        [atOnce, afterOneTurn, woken],
+        [wakeBatch, 2 * wakeBatch, Array.from({ length: wakes.length }, (_, n) => n)]
+      )
     })
   )
 
