@@ -14,7 +14,7 @@ import * as PgFailure from "../PgFailure.ts"
  * (another driver version), the features that need them do nothing.
  */
 interface Internals {
-  readonly base?: { readonly session?: { readonly socket?: { destroy(): void } & Record<symbol, unknown> } }
+  readonly base?: { readonly session?: { readonly socket?: { destroy(): void } } }
   readonly retireHooks?: Set<() => void>
 }
 
@@ -78,13 +78,20 @@ export class Sessions {
     this.onUnprepared = options.onUnprepared ?? (() => {})
     this.onServerChanged = options.onServerChanged ?? (() => {})
   }
+  /**
+   * The epoch each socket was opened in. Kept beside the sockets, not on them: a property added to a `Net.Socket`
+   * gives it a hidden class of its own, and every read and write of Node's stream code then sees two kinds of
+   * socket (this client's and any other's) instead of one.
+   */
+  private readonly epochs = new WeakMap<object, number>()
   /** Stamps a new socket with the current epoch. */
   mark(socket: object): void {
-    ;(socket as Record<symbol, number>)[epochKey] = this.epoch
+    this.epochs.set(socket, this.epoch)
   }
   /** Whether a connection was opened before the last move. */
   stale(connection: PgConnection.PgConnection): boolean {
-    const stamp = internalsOf(connection)?.base?.session?.socket?.[epochKey] as number | undefined
+    const socket = internalsOf(connection)?.base?.session?.socket
+    const stamp = socket === undefined ? undefined : this.epochs.get(socket)
     return stamp !== undefined && stamp < this.epoch
   }
   /** The server behind the connections changed: connections from before are retired as they come back. */
@@ -112,8 +119,6 @@ export class Sessions {
     return Effect.void
   }
 }
-
-const epochKey = Symbol.for("@sturdy/pg/Sessions/epoch")
 
 /** A lent connection from an earlier epoch: retired, and the lending tried again. */
 export class StaleConnection {
