@@ -22,7 +22,7 @@
  */
 import type * as PgConnection from "@effect/sql-pg/PgConnection"
 import type { Breaker, DatabaseMetrics, Profile, RetryBudget } from "@sturdy/resilience"
-import { Cause, Clock, Duration, Effect, Exit, type Fiber, type Scope, Stream } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, type Fiber, type Scope, Stream } from "effect"
 import type { Borrower, Connection } from "effect/sql/SqlConnection"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import * as PgFailure from "../PgFailure.ts"
@@ -96,6 +96,11 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   const { breaker, key, profile, recorder, pool, retryBudget } = options
   const local = breaker.local
   const clock = yield* Clock.Clock
+  // With effect's own clock, deadlines are kept on the monotonic clock that times the calls, so a first attempt's
+  // deadline comes from its call's start without a clock read of its own (a clock read costs 70-90 ns here); a
+  // test's clock keeps them.
+  const live = clock === Context.get(Context.empty(), Clock.Clock)
+  const deadlines = live ? { currentTimeMillisUnsafe: () => monotonic.now() } : clock
   const context = yield* Effect.context<never>()
   const runFork = Effect.runForkWith(context)
 
@@ -115,7 +120,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   // --- The watchdog: one fiber per client enforces every attempt's deadline --------------------------------------
 
   const watchdog = new Watchdog({
-    clock,
+    clock: deadlines,
     timeoutMillis: Duration.toMillis(profile.attemptTimeout),
     cancelsStatement: options.statementsPerConnection === 1,
     recorder,
@@ -167,10 +172,13 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     slots.release(call)
   }
 
-  /** Acquire + execute, bounded by the attempt deadline that the watchdog enforces. */
-  const run = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>) => {
+  /**
+   * Acquire + execute, bounded by the attempt deadline that the watchdog
+   * enforces; `now`: the attempt's start on the watchdog's clock, if known.
+   */
+  const run = <A, E, R>(call: Call, f: (connection: Connection) => Effect.Effect<A, E, R>, now?: number) => {
     slots.waiting++
-    watchdog.watch(call)
+    watchdog.watch(call, now)
     const sessions = options.sessions
     const lend = (connection: PgConnection.PgConnection) => {
       slots.waiting--
@@ -455,7 +463,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
         startAttempt(call)
         call.generation = admission.generation
         call.succeeded = firstSucceeded
-        return Effect.catchCause(run(call, f), (cause) => firstFailed(call, f, cause))
+        return Effect.catchCause(run(call, f, live ? call.started : undefined), (cause) => firstFailed(call, f, cause))
       }
       first = Effect.fail(rejections.of(admission).error)
     } else {

@@ -63,9 +63,9 @@ export class Watchdog {
       )
     )
   }
-  /** Starts an attempt's deadline. */
-  watch(call: Call): void {
-    call.deadline = this.clock.currentTimeMillisUnsafe() + this.timeoutMillis
+  /** Starts an attempt's deadline; `now`: the attempt's start on the watchdog's clock, if the caller has it. */
+  watch(call: Call, now = this.clock.currentTimeMillisUnsafe()): void {
+    call.deadline = now + this.timeoutMillis
     this.inFlight.add(call)
   }
   /** The attempt settled: nothing is left to enforce. */
