@@ -460,7 +460,9 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
       if (admission._tag === "Admitted") {
         // The common case: the first attempt's success settles the call in the connection (`firstSucceeded`), so
         // the stack adds one failure handler, which a success skips.
-        startAttempt(call)
+        // A new call's first attempt: what `startAttempt` resets is at its initial value already.
+        recorder.attempts++
+        call.attempts = 1
         call.generation = admission.generation
         call.succeeded = firstSucceeded
         return Effect.catchCause(run(call, f, live ? call.started : undefined), (cause) => firstFailed(call, f, cause))
