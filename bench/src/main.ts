@@ -613,9 +613,11 @@ if (args.mode !== undefined && args.mode !== "exclusive" && args.mode !== "multi
   process.exit(2)
 }
 
-Effect.runPromise(Effect.scoped(args.only === undefined ? program : throughputOnly).pipe(Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([]))))).catch(
-  (error) => {
-    process.stderr.write(`pnpm bench failed: ${error}\n`)
-    process.exit(1)
-  }
-)
+Effect.runPromise(
+  Effect.scoped(args.only === undefined ? program : throughputOnly).pipe(
+    Effect.provide(Layer.merge(Reactivity.layer, Logger.layer([])))
+  )
+).catch((error) => {
+  process.stderr.write(`pnpm bench failed: ${error}\n`)
+  process.exit(1)
+})
