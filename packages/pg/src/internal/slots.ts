@@ -24,11 +24,13 @@ export class Slots {
   private readonly parked: Array<Call> = []
   private head = 0
   /**
-   * Calls handed a slot, woken together by one scheduler task: a call woken
-   * inline, from the `release` of the statement that ended, would ask the pool
-   * for a connection that statement has not given back yet, and park a second
-   * time, inside the pool (effect's own `Semaphore` and `Pool` wake their
-   * waiters the same way).
+   * Calls handed a slot by a statement that has not given its session back
+   * yet, woken together by one scheduler task: woken inline, such a call would
+   * ask the pool for a connection that statement still holds, and park a
+   * second time, inside the pool (effect's own `Semaphore` and `Pool` wake
+   * their waiters the same way). A call handed a slot after a failure, with
+   * the session back, runs at once: a failing call waits no extra turn of the
+   * event loop.
    */
   private ready: Array<Call> = []
   private dispatcher: Scheduler.SchedulerDispatcher | undefined = undefined
@@ -72,8 +74,14 @@ export class Slots {
       call.parked = false
     })
   }
-  /** Gives back `call`'s slot, if it holds one, to the first call still parked. */
-  release(call: Call): void {
+  /**
+   * Gives back `call`'s slot, if it holds one, to the first call still parked.
+   * `returned`: the session `call` used (if any) is back in the pool, so the
+   * call handed the slot may run at once; otherwise (a statement that
+   * succeeded, settled in the map that takes its rows, before `Pool.use` gets
+   * the session back) it is woken on the scheduler's next task.
+   */
+  release(call: Call, returned = false): void {
     if (!call.slot) return
     call.slot = false
     this.active--
@@ -85,7 +93,9 @@ export class Slots {
       next.parked = false
       next.slot = true
       this.active++
-      if (next.resume !== undefined) this.wake(next)
+      if (next.resume === undefined) break
+      if (returned) next.resume(Effect.void)
+      else this.wake(next)
       break
     }
     if (this.head > 1024 && this.head * 2 > parked.length) {

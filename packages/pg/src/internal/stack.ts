@@ -163,13 +163,14 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     return noted === Effect.void ? undefined : noted
   }
 
-  const settle = (call: Call) => {
+  /** `returned`: the attempt's session (if it had one) is back in the pool (see `Slots.release`). */
+  const settle = (call: Call, returned: boolean) => {
     watchdog.forget(call)
     if (call.sent) slots.inUse--
     else slots.waiting--
     call.connection = undefined
     call.resume = undefined
-    slots.release(call)
+    slots.release(call, returned)
   }
 
   /**
@@ -256,7 +257,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
   }
 
   const attemptSucceeded = (call: Call, localBreaker: Breaker.Local, generation: number) => {
-    settle(call)
+    settle(call, true)
     recorder.consecutiveFailures = 0
     localBreaker.record(key, generation, "Success")
   }
@@ -269,7 +270,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
     cause: Cause.Cause<unknown>
   ): Effect.Effect<never, unknown> => {
     const noted = noteShared(call, cause)
-    settle(call)
+    settle(call, true)
     const found = Cause.findErrorOption(cause)
     if (found._tag === "None") {
       // Interrupted, or a defect: no typed failure to classify.
@@ -296,12 +297,12 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
           startAttempt(call)
           return Effect.matchCauseEffect(run(call, f), {
             onSuccess: (value) => {
-              settle(call)
+              settle(call, true)
               return Effect.succeed(value)
             },
             onFailure: (cause) => {
               const noted = noteShared(call, cause)
-              settle(call)
+              settle(call, true)
               const found = Cause.findErrorOption(cause)
               if (found._tag === "None") return Effect.failCause(cause)
               const classified = Effect.withFiber((fiber) =>
@@ -399,7 +400,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
    * rows.
    */
   const firstSucceeded = (call: Call) => {
-    settle(call)
+    settle(call, false)
     recorder.consecutiveFailures = 0
     local!.record(key, call.generation, "Success")
     retryBudget?.deposit()
@@ -512,7 +513,7 @@ export const make = Effect.fnUntraced(function* (options: Options): Effect.fn.Re
             (exit) => {
               slots.waiting--
               call.parked = false
-              if (Exit.isFailure(exit)) return Effect.sync(() => slots.release(call))
+              if (Exit.isFailure(exit)) return Effect.sync(() => slots.release(call, true))
               slots.inUse++
               return Effect.addFinalizer(() =>
                 Effect.sync(() => {

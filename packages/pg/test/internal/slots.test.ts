@@ -69,6 +69,21 @@ describe("Slots", () => {
     )
   })
 
+  it("a slot given back with its session already in the pool (a failed attempt) wakes its call at once", () => {
+    const slots = new Slots(1, timeoutOf)
+    const woken: Array<number> = []
+    const [holder, next, last] = [1, 2, 3].map((n) => new Call(n)) as [Call, Call, Call]
+    take(slots, holder, woken)
+    take(slots, next, woken)
+    take(slots, last, woken)
+    slots.release(holder, true)
+    assert.deepStrictEqual([woken, pending.length], [[2], 0])
+    slots.release(next)
+    assert.deepStrictEqual(woken, [2])
+    flush()
+    assert.deepStrictEqual(woken, [2, 3])
+  })
+
   it("skips a call that stopped waiting: interrupted, or woken by its deadline", () => {
     const slots = new Slots(1, timeoutOf)
     const woken: Array<number> = []
