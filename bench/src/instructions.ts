@@ -6,7 +6,8 @@
  * Instruction counts repeat for the same binary and input whatever else the
  * machine does, where CPU time on a shared 2-core machine moves by several
  * per cent between two identical clients. Each client runs a fixed number of
- * sequential statements after a warm-up, under callgrind, twice: with `n` and
+ * sequential statements after a warm-up of both clients (both live in every
+ * measured process, see `runOne`), under callgrind, twice: with `n` and
  * with `n + extra` statements; the difference over `extra` is what one
  * statement costs the client process (the server is another process, not
  * counted), with start-up, warm-up and shutdown cancelled out. The comparison
@@ -301,7 +302,7 @@ const measureAll = Effect.gen(function* () {
       ],
       rows
     )}\n\n` +
-      `callgrind (node --single-threaded), ${format(n)} and ${format(n + extra)} statements (${args.concurrency} at a time) after ${format(Number(args.warmup))} of warm-up, pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
+      `callgrind (node --single-threaded --predictable), ${format(n)} and ${format(n + extra)} statements (${args.concurrency} at a time) after ${format(Number(args.warmup))} of warm-up through each client (both clients in each process), pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
   )
 })
 
