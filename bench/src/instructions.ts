@@ -197,6 +197,19 @@ interface Counts {
   readonly run: number
 }
 
+/** What each measured process runs with; the table's caption names them. */
+const nodeFlags = [
+  // No background threads (concurrent GC and compilation): their share of the work varies from run to run,
+  // by about 15 million instructions here, against about 4 million on the main thread alone.
+  "--single-threaded",
+  // Hash seeds and heuristics fixed, a young generation large enough that the window holds few collections, and no
+  // memory reducer (its timer starts collections by wall-clock time): two runs of the same client (fake driver,
+  // 50,000 statements) then differed by 0.5 % of their instructions, against 2.6 % without these flags.
+  "--predictable",
+  "--max-semi-space-size=64",
+  "--no-memory-reducer"
+]
+
 /** The instructions callgrind counted in one run of `runOne`, by kind. */
 const instructions = async (
   dir: string,
@@ -211,15 +224,7 @@ const instructions = async (
     "--trace-children=no",
     `--callgrind-out-file=${out}`,
     process.execPath,
-    // No background threads (concurrent GC and compilation): their share of the work varies from run to run,
-    // by about 15 million instructions here, against about 4 million on the main thread alone.
-    "--single-threaded",
-    // Hash seeds and heuristics fixed, a young generation large enough that the window holds few collections, and no
-    // memory reducer (its timer starts collections by wall-clock time): two runs of the same client (fake driver,
-    // 50,000 statements) then differed by 0.5 % of their instructions, against 2.6 % without these flags.
-    "--predictable",
-    "--max-semi-space-size=64",
-    "--no-memory-reducer",
+    ...nodeFlags,
     import.meta.filename,
     "run",
     `--client=${client}`,
@@ -302,7 +307,7 @@ const measureAll = Effect.gen(function* () {
       ],
       rows
     )}\n\n` +
-      `callgrind (node --single-threaded --predictable), ${format(n)} and ${format(n + extra)} statements (${args.concurrency} at a time) after ${format(Number(args.warmup))} of warm-up through each client (both clients in each process), pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
+      `callgrind (node ${nodeFlags.join(" ")}), ${format(n)} and ${format(n + extra)} statements (${args.concurrency} at a time) after ${format(Number(args.warmup))} of warm-up through each client (both clients in each process), pool of 10, production profile, ${args.driver === "fake" ? "a fake driver connection (no server)" : "embedded PostgreSQL"}, Node ${process.version}.\n`
   )
 })
 
